@@ -1,0 +1,383 @@
+"""The ``tidegate`` command line (SPEC §4): a thin face over ``Project``.
+
+Every command takes ``--project DIR`` and ``--json``. Exit codes: 0 done,
+1 run failed, 2 bad config or usage, 3 held by a guardrail, 4 completed with
+rejected or invalid rows. No traceback ever reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tidegate import __version__
+from tidegate.errors import ConfigError, TidegateError
+from tidegate.progress import NullReporter, Reporter, RichReporter
+from tidegate.project import Project
+from tidegate.redact import install_log_filter, redact
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_REJECTED = 0, 1, 2, 3, 4
+STATUS_EXIT = {"succeeded": EXIT_OK, "planned": EXIT_OK, "partial": EXIT_REJECTED,
+               "held": EXIT_HELD, "failed": EXIT_FAILED}
+
+app = typer.Typer(
+    help="tidegate: reverse ETL that sends only what changed, and never garbage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+sandbox_app = typer.Typer(help="Local servers that follow a destination's contract.",
+                          no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.",
+                                          show_default="current folder")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+
+def _emit_json(doc: Any) -> None:
+    sys.stdout.write(redact(json.dumps(doc, default=str, indent=2)) + "\n")
+
+
+def _fail(exc: TidegateError, as_json: bool) -> NoReturn:
+    message = redact(str(exc))
+    if as_json:
+        problems = [redact(str(p)) for p in getattr(exc, "problems", [])] or [message]
+        kind = "config" if isinstance(exc, ConfigError) else "fatal"
+        _emit_json({"error": {"type": kind, "message": message, "problems": problems}})
+    label = "config error" if isinstance(exc, ConfigError) else "error"
+    for line in message.splitlines():
+        err.print(f"[red]{label}:[/red] {escape(line)}", markup=True, highlight=False)
+    raise typer.Exit(exc.exit_code)
+
+
+def _load(project: Path, as_json: bool) -> Project:
+    try:
+        return Project.load(project)
+    except TidegateError as exc:
+        _fail(exc, as_json)
+
+
+def _guard(as_json: bool, fn: Callable[[], int]) -> None:
+    try:
+        code = fn()
+    except TidegateError as exc:
+        _fail(exc, as_json)
+    raise typer.Exit(code)
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Show the version.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                         help="More log lines on stderr.")] = 0,
+) -> None:
+    _setup_logging(verbose)
+    if version:
+        out.print(f"tidegate {__version__}")
+        raise typer.Exit(0)
+
+
+def _setup_logging(verbose: int) -> None:
+    level_name = os.environ.get("TIDEGATE_LOG", "").upper()
+    level = getattr(logging, level_name, None) if level_name else None
+    if not isinstance(level, int):
+        level = logging.WARNING - 10 * min(verbose, 2)
+    logger = logging.getLogger("tidegate")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    install_log_filter(logger)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create.")] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Scaffold a working example project (DuckDB warehouse, file export)."""
+    from tidegate.scaffold import scaffold
+
+    def go() -> int:
+        created = scaffold(directory)
+        if as_json:
+            _emit_json({"project": str(directory.resolve()), "created": created})
+        else:
+            out.print(f"created a tidegate project in {directory.resolve()}")
+            for path in created:
+                out.print(f"  {path}")
+            out.print(f"next: cd {directory} && tidegate run accounts_to_csv")
+        return EXIT_OK
+
+    _guard(as_json, go)
+
+
+@app.command()
+def validate(
+    project: ProjectOpt = Path("."),
+    connections: Annotated[bool, typer.Option("--connections",
+                                              help="Also reach every source and destination.")]
+    = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the configuration; with --connections, reach every source and destination."""
+    proj = _load(project, as_json)
+
+    def go() -> int:
+        with proj:
+            checks = proj.validate(connections=connections)
+        ok = all(c.ok for c in checks)
+        if as_json:
+            _emit_json({"valid": True, "syncs": sorted(proj.syncs),
+                        "connections": [c.__dict__ for c in checks], "ok": ok})
+        else:
+            out.print(f"[green]valid[/green]: project '{proj.name}', "
+                      f"{len(proj.syncs)} sync(s): {', '.join(sorted(proj.syncs)) or '-'}")
+            for c in checks:
+                mark = "[green]ok[/green]" if c.ok else "[red]FAILED[/red]"
+                out.print(f"  {c.kind} {c.name}: {mark} {c.message}")
+        return EXIT_OK if ok else EXIT_FAILED
+
+    _guard(as_json, go)
+
+
+@app.command()
+def plan(
+    sync: Annotated[str, typer.Argument(help="Sync name.")],
+    project: ProjectOpt = Path("."),
+    full: Annotated[bool, typer.Option("--full", help="Ignore state: plan every row.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a run would do: counts, sample rows per category. Sends nothing."""
+    proj = _load(project, as_json)
+
+    def go() -> int:
+        with proj:
+            result = proj.plan(sync, full=full)
+        if as_json:
+            _emit_json(result)
+        else:
+            _print_plan(result)
+        return EXIT_OK
+
+    _guard(as_json, go)
+
+
+@app.command()
+def run(
+    syncs: Annotated[list[str] | None, typer.Argument(help="Sync names.")] = None,
+    project: ProjectOpt = Path("."),
+    all_syncs: Annotated[bool, typer.Option("--all", help="Run every sync.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; send nothing.")]
+    = False,
+    full: Annotated[bool, typer.Option("--full", help="Ignore state: send every row.")]
+    = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan and deliver syncs, with a progress bar and a summary table."""
+    proj = _load(project, as_json)
+    names = sorted(proj.syncs) if all_syncs else list(syncs or [])
+    if not names:
+        _fail(ConfigError("name at least one sync, or pass --all"), as_json)
+
+    def go() -> int:
+        results = []
+        with proj:
+            for name in names:
+                proj.sync(name)
+            for name in names:
+                reporter: Reporter = (
+                    RichReporter(name) if sys.stderr.isatty() and not as_json else NullReporter()
+                )
+                results.append(proj.run(name, full=full, dry_run=dry_run, reporter=reporter))
+        if as_json:
+            _emit_json(results[0] if len(results) == 1 else {"runs": results})
+        elif dry_run:
+            for result in results:
+                _print_plan(result)
+        else:
+            _print_summaries(results)
+        return _exit_code([r["status"] for r in results])
+
+    _guard(as_json, go)
+
+
+@app.command("runs")
+def runs_cmd(
+    sync: Annotated[str | None, typer.Argument(help="Only this sync.")] = None,
+    project: ProjectOpt = Path("."),
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """The history of runs, newest first."""
+    proj = _load(project, as_json)
+
+    def go() -> int:
+        with proj:
+            records = proj.runs(sync, limit)
+        summaries = [r.summary() | {"started_at": r.started_at.isoformat()} for r in records]
+        if as_json:
+            _emit_json({"runs": summaries})
+        else:
+            _print_summaries(summaries, title="runs")
+        return EXIT_OK
+
+    _guard(as_json, go)
+
+
+@app.command()
+def show(
+    run_id: Annotated[int, typer.Argument(help="Run id (see `tidegate runs`).", metavar="RUN")],
+    project: ProjectOpt = Path("."),
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to list.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """One run: counts, timings, and its rejected and invalid rows with reasons."""
+    proj = _load(project, as_json)
+
+    def go() -> int:
+        with proj:
+            result = proj.show(run_id)
+        if as_json:
+            _emit_json(result)
+            return EXIT_OK
+        _print_summaries([result], title=f"run {run_id}")
+        out.print(f"mode {result['mode']} → {result['destination']} / {result['object']}, "
+                  f"started {result['started_at']}, {result['batches']} batch(es)")
+        if result["error"]:
+            out.print(f"[yellow]{escape(result['error'])}[/yellow]", markup=True)
+        rows = result["rows"]
+        if rows:
+            table = Table("kind", "key", "attempt", "error", title="rows not delivered")
+            for row in rows[:limit]:
+                table.add_row(row["kind"], json.dumps(row["key"]), str(row["attempt"]),
+                              row["error"])
+            out.print(table)
+            if len(rows) > limit:
+                out.print(f"… and {len(rows) - limit} more (--limit, or --json for all)")
+        return EXIT_OK
+
+    _guard(as_json, go)
+
+
+@app.command()
+def reset(
+    sync: Annotated[str, typer.Argument(help="Sync name.")],
+    project: ProjectOpt = Path("."),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget a sync's state: its next run sends every row again."""
+    proj = _load(project, as_json)
+    if not yes and sys.stdin.isatty() and not as_json:
+        typer.confirm(f"forget everything sync '{sync}' has delivered?", abort=True)
+
+    def go() -> int:
+        with proj:
+            forgotten = proj.reset(sync)
+        if as_json:
+            _emit_json({"sync": sync, "forgotten": forgotten})
+        else:
+            out.print(f"forgot {forgotten} key(s) of sync '{sync}'; its next run sends every row")
+        return EXIT_OK
+
+    _guard(as_json, go)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to build the demo.")]
+    = None,
+    rows: Annotated[int, typer.Option("--rows", help="Accounts in the warehouse.")] = 50_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole story on embedded defaults: DuckDB warehouse → local webhook, twice."""
+    from tidegate.demo import run_demo
+
+    _guard(as_json, lambda: run_demo(directory, rows, out, as_json=as_json))
+
+
+@sandbox_app.command("webhook")
+def sandbox_webhook(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8790,
+    secret: Annotated[str | None, typer.Option(
+        "--secret", envvar="TIDEGATE_WEBHOOK_SECRET", help="whsec_… to verify signatures.")]
+    = None,
+) -> None:
+    """A local webhook receiver that follows tidegate's webhook contract."""
+    from tidegate.sandbox.webhook import serve
+
+    serve(port, secret)
+
+
+def _exit_code(statuses: list[str]) -> int:
+    codes = [STATUS_EXIT.get(s, EXIT_FAILED) for s in statuses]
+    for code in (EXIT_FAILED, EXIT_HELD, EXIT_REJECTED):
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    p = result["planned"]
+    out.print(f"[bold]plan for {result['sync']}[/bold] (mode {result['mode']})", markup=True)
+    table = Table("added", "changed", "removed", "unchanged", "invalid", "to send")
+    table.add_row(*(str(p[k]) for k in ("added", "changed", "removed", "unchanged", "invalid")),
+                  ", ".join(f"{n} {op}" for op, n in result["to_send"].items()) or "nothing")
+    out.print(table)
+    for reason, n in result.get("invalid_reasons", {}).items():
+        out.print(f"[yellow]{n} invalid row(s): {escape(reason)}[/yellow]", markup=True)
+    for category, samples in result.get("samples", {}).items():
+        out.print(f"{category}:")
+        for s in samples:
+            out.print("  " + json.dumps(s, default=str))
+
+
+def _print_summaries(results: list[dict[str, Any]], title: str = "summary") -> None:
+    table = Table("run", "sync", "status", "added", "changed", "removed", "unchanged",
+                  "invalid", "created", "updated", "deleted", "rejected", "seconds",
+                  title=title)
+    colours = {"succeeded": "green", "partial": "yellow", "failed": "red", "held": "magenta"}
+    for r in results:
+        p, d = r["planned"], r["delivered"]
+        status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
+        table.add_row(str(r["run_id"]), r["sync"], status,
+                      *(str(p[k]) for k in ("added", "changed", "removed", "unchanged", "invalid")),
+                      *(str(d[k]) for k in ("created", "updated", "deleted")),
+                      str(r["rejected"]), f"{r['duration_s']:.2f}")
+    out.print(table)
+    for r in results:
+        if r.get("error") and title == "summary":
+            out.print(f"[yellow]run {r['run_id']}: {escape(r['error'])}[/yellow]", markup=True)
+
+
+def main() -> None:
+    """Console entry point: never lets a traceback reach the user."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted; what was acknowledged is kept, rerun to send the rest")
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so briefly, keep secrets out
+        err.print(f"internal error: {redact(type(exc).__name__ + ': ' + str(exc))}")
+        err.print("please report it; rerun with TIDEGATE_LOG=debug for details")
+        if os.environ.get("TIDEGATE_LOG", "").lower() == "debug":
+            import traceback
+
+            err.print(redact(traceback.format_exc()))
+        sys.exit(1)

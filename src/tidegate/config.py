@@ -1,0 +1,397 @@
+"""The configuration contract: pydantic models for ``tidegate.yml`` and ``syncs/*.yml``.
+
+Loading reports every problem at once, each with file, line, key and the fix
+(``ConfigError``). Destination settings are checked here only for their
+``type``; each destination plugin validates the rest with its own model, using
+``problems_from`` so its errors read the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from tidegate import redact
+from tidegate.errors import ConfigError, Problem
+from tidegate.yamlfile import Path_, YamlDoc, load_yaml
+
+PROJECT_FILE = "tidegate.yml"
+SYNCS_DIR = "syncs"
+DEFAULT_STATE = "sqlite:///.tidegate/state.db"
+
+Mode = Literal["insert", "update", "upsert", "delete", "mirror"]
+MODES: tuple[Mode, ...] = ("insert", "update", "upsert", "delete", "mirror")
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DuckDBSourceConfig(Strict):
+    type: Literal["duckdb"]
+    path: str = ":memory:"
+
+
+class SQLiteSourceConfig(Strict):
+    type: Literal["sqlite"]
+    path: str | None = None
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SQLiteSourceConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of `path` or `url`")
+        return self
+
+
+class SQLAlchemySourceConfig(Strict):
+    type: Literal["postgres", "postgresql", "sqlalchemy"]
+    url: SecretStr
+
+
+SourceConfig = Annotated[
+    DuckDBSourceConfig | SQLiteSourceConfig | SQLAlchemySourceConfig,
+    Field(discriminator="type"),
+]
+
+
+class MatchConfig(Strict):
+    source: str | list[str]
+    destination: str | list[str]
+
+
+class SyncConfig(Strict):
+    source: str
+    query: str | None = None
+    table: str | None = None
+    primary_key: str | list[str]
+    destination: str
+    object: str
+    mode: Mode
+    match: MatchConfig | None = None
+    fields: list[str] | dict[str, str] | None = None
+    batch_size: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0, le=64)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    schedule: str | None = None
+    guardrails: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _model_given_once(self) -> SyncConfig:
+        if (self.query is None) == (self.table is None):
+            raise ValueError("give exactly one of `query` or `table` as the model")
+        return self
+
+    @property
+    def key_columns(self) -> list[str]:
+        pk = self.primary_key
+        return [pk] if isinstance(pk, str) else list(pk)
+
+    @property
+    def sql(self) -> str:
+        return self.query if self.query is not None else f"select * from {self.table}"
+
+    @property
+    def match_columns(self) -> list[tuple[str, str]]:
+        """(model column, destination field) pairs that identify a record."""
+        if self.match is None:
+            return [(c, c) for c in self.key_columns]
+        src = [self.match.source] if isinstance(self.match.source, str) else self.match.source
+        dst = (
+            [self.match.destination]
+            if isinstance(self.match.destination, str)
+            else self.match.destination
+        )
+        return list(zip(src, dst, strict=False))
+
+    @property
+    def field_map(self) -> dict[str, str] | None:
+        """Model column -> destination field, or None for every non-key column."""
+        if self.fields is None:
+            return None
+        if isinstance(self.fields, list):
+            return {f: f for f in self.fields}
+        return dict(self.fields)
+
+
+class ProjectSettings(Strict):
+    name: str = "tidegate"
+    state: str = DEFAULT_STATE
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    destinations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    syncs: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Located:
+    """Raw settings plus where they came from, for error messages."""
+
+    data: dict[str, Any]
+    doc: YamlDoc
+    path: Path_
+
+
+@dataclass
+class ProjectConfig:
+    """A whole project's configuration, validated except for destination settings."""
+
+    root: Path
+    settings: ProjectSettings
+    syncs: dict[str, SyncConfig]
+    sync_origin: dict[str, Located]
+    destination_origin: dict[str, Located]
+    env_vars: set[str] = field(default_factory=set)
+
+    def sync(self, name: str) -> SyncConfig:
+        if name not in self.syncs:
+            raise ConfigError(unknown("sync", name, list(self.syncs)))
+        return self.syncs[name]
+
+
+def unknown(kind: str, name: str, known: list[str], **where: Any) -> Problem:
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        fix = f"did you mean '{close[0]}'?"
+    elif known:
+        fix = f"use one of: {', '.join(sorted(known))}"
+    else:
+        fix = f"define a {kind} first"
+    return Problem(f"unknown {kind} '{name}'", fix=fix, **where)
+
+
+def problems_from(
+    exc: ValidationError, doc: YamlDoc, base: Path_, model: type[BaseModel] | None = None
+) -> list[Problem]:
+    """Turn pydantic's errors into Problems with file, line and dotted key."""
+    out: list[Problem] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = _strip_union_tag(tuple(err["loc"]), base)
+        path = (*base, *loc)
+        key = ".".join(str(p) for p in path)
+        kind = err["type"]
+        line = doc.line_of(path)
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            fix = f"did you mean '{close[0]}'?" if close else "remove it"
+            if allowed and not close:
+                fix += f"; allowed keys here: {', '.join(allowed)}"
+            out.append(Problem(f"unknown key '{loc[-1]}'", doc.file, line, key, fix))
+        elif kind == "missing":
+            out.append(
+                Problem(
+                    f"required key '{loc[-1]}' is missing",
+                    doc.file,
+                    line,
+                    ".".join(str(p) for p in path[:-1]) or None,
+                    f"add `{loc[-1]}: ...`",
+                )
+            )
+        elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
+            out.append(Problem(err["msg"], doc.file, line, key, "set `type` to a supported kind"))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            out.append(Problem(msg, doc.file, line, key))
+    return out
+
+
+SOURCE_TYPES = ("duckdb", "sqlite", "postgres", "postgresql", "sqlalchemy")
+
+
+def _strip_union_tag(loc: tuple[Any, ...], base: Path_) -> tuple[Any, ...]:
+    # pydantic puts the discriminator's value into the location: sources.wh.duckdb.path
+    if not base and len(loc) > 2 and loc[0] == "sources" and loc[2] in SOURCE_TYPES:
+        return (*loc[:2], *loc[3:])
+    return loc
+
+
+def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    if model is None:
+        return []
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        current = fields[part].annotation
+        inner = [a for a in getattr(current, "__args__", ()) if hasattr(a, "model_fields")]
+        if inner:
+            current = inner[0]
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+ExtraCheck = Callable[
+    [ProjectSettings, dict[str, SyncConfig], dict[str, Located], dict[str, Located]], list[Problem]
+]
+
+
+def load_project_config(
+    root: Path, env: Mapping[str, str] | None = None, extra_check: ExtraCheck | None = None
+) -> ProjectConfig:
+    """Load and validate a project folder; raise ConfigError listing every problem.
+
+    ``extra_check`` adds problems found by code that knows more than this module
+    (destination plugins validate their own settings), so all are reported at once.
+    """
+    root = root.resolve()
+    project_file = root / PROJECT_FILE
+    if not project_file.is_file():
+        raise ConfigError(
+            Problem(
+                f"no {PROJECT_FILE} in {root}",
+                fix=f"run `tidegate init {root}` to create a project, or pass --project DIR",
+            )
+        )
+    docs = [load_yaml(project_file, PROJECT_FILE, env)]
+    syncs_dir = root / SYNCS_DIR
+    if syncs_dir.is_dir():
+        for path in sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]):
+            docs.append(load_yaml(path, f"{SYNCS_DIR}/{path.name}", env))
+    problems = [p for d in docs for p in d.problems]
+    main = docs[0]
+    data = main.data if main.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [*problems, Problem("the file must be a mapping of keys", main.file, 1)]
+        )
+    settings: ProjectSettings | None = None
+    try:
+        settings = ProjectSettings.model_validate(data)
+    except ValidationError as exc:
+        problems += problems_from(exc, main, (), ProjectSettings)
+
+    raw_syncs: dict[str, Located] = {}
+    for name, body in (data.get("syncs") or {}).items():
+        raw_syncs[name] = Located(body, main, ("syncs", name))
+    for doc in docs[1:]:
+        problems += _collect_sync_file(doc, raw_syncs)
+
+    syncs: dict[str, SyncConfig] = {}
+    for name, loc in raw_syncs.items():
+        sync = _validate_sync(name, loc, problems)
+        if sync is not None:
+            syncs[name] = sync
+
+    dest_origin = {
+        name: Located(body if isinstance(body, dict) else {}, main, ("destinations", name))
+        for name, body in (data.get("destinations") or {}).items()
+    }
+    if settings is not None:
+        problems += _cross_check(settings, syncs, raw_syncs)
+        _register_secrets(settings)
+        if extra_check is not None:
+            problems += extra_check(settings, syncs, raw_syncs, dest_origin)
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return ProjectConfig(
+        root=root,
+        settings=settings,
+        syncs=syncs,
+        sync_origin=raw_syncs,
+        destination_origin=dest_origin,
+        env_vars={v for d in docs for v in d.env_vars},
+    )
+
+
+def _collect_sync_file(doc: YamlDoc, into: dict[str, Located]) -> list[Problem]:
+    data = doc.data
+    if data is None or doc.problems:
+        return []
+    if not isinstance(data, dict):
+        return [Problem("a sync file must be a mapping", doc.file, 1, fix="see `tidegate init`")]
+    problems: list[Problem] = []
+    if "syncs" in data:
+        extra = [k for k in data if k != "syncs"]
+        for k in extra:
+            problems.append(
+                Problem(f"unknown key '{k}'", doc.file, doc.line_of((k,)), k,
+                        "a sync file holds only `syncs:`, or one sync's keys")
+            )
+        entries = [(n, b, ("syncs", n)) for n, b in (data["syncs"] or {}).items()]
+    else:
+        name = str(data.get("name") or Path(doc.file).stem)
+        body = {k: v for k, v in data.items() if k != "name"}
+        entries = [(name, body, ())]
+    for name, body, path in entries:
+        if name in into:
+            problems.append(
+                Problem(f"sync '{name}' is defined twice (also in {into[name].doc.file})",
+                        doc.file, doc.line_of(path) or 1, name, "rename one of them")
+            )
+            continue
+        into[name] = Located(body, doc, path)
+    return problems
+
+
+def _validate_sync(name: str, loc: Located, problems: list[Problem]) -> SyncConfig | None:
+    body = loc.data
+    if not isinstance(body, dict):
+        problems.append(Problem("a sync must be a mapping of keys", loc.doc.file,
+                                loc.doc.line_of(loc.path), ".".join(map(str, loc.path)) or name))
+        return None
+    if "job_type" in body:
+        if "mode" in body:
+            problems.append(Problem("give `mode` or its alias `job_type`, not both",
+                                    loc.doc.file, loc.doc.line_of((*loc.path, "job_type")),
+                                    ".".join(map(str, (*loc.path, "job_type"))),
+                                    "remove `job_type`"))
+            return None
+        body = {("mode" if k == "job_type" else k): v for k, v in body.items()}
+        loc.doc.lines[(*loc.path, "mode")] = loc.doc.line_of((*loc.path, "job_type")) or 0
+    try:
+        return SyncConfig.model_validate(body)
+    except ValidationError as exc:
+        problems += problems_from(exc, loc.doc, loc.path, SyncConfig)
+        return None
+
+
+def _cross_check(
+    settings: ProjectSettings, syncs: dict[str, SyncConfig], origin: dict[str, Located]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, sync in syncs.items():
+        loc = origin[name]
+        for attr, known, kind in (
+            ("source", settings.sources, "source"),
+            ("destination", settings.destinations, "destination"),
+        ):
+            value = getattr(sync, attr)
+            if value not in known:
+                path = (*loc.path, attr)
+                problems.append(
+                    unknown(kind, value, list(known), file=loc.doc.file,
+                            line=loc.doc.line_of(path), key=".".join(map(str, path)) or attr)
+                )
+        if sync.match is not None:
+            src = sync.match.source if isinstance(sync.match.source, list) else [sync.match.source]
+            dst = (sync.match.destination if isinstance(sync.match.destination, list)
+                   else [sync.match.destination])
+            path = (*loc.path, "match")
+            where = {"file": loc.doc.file, "line": loc.doc.line_of(path),
+                     "key": ".".join(map(str, path))}
+            if len(src) != len(dst):
+                problems.append(Problem("`match.source` and `match.destination` must name "
+                                        "as many columns each", **where))
+            elif sorted(src) != sorted(sync.key_columns):
+                problems.append(Problem(
+                    f"`match.source` ({', '.join(src)}) must be the primary key "
+                    f"({', '.join(sync.key_columns)})", **where,
+                    fix="match on the primary key columns, or change `primary_key`"))
+    return problems
+
+
+def _register_secrets(settings: ProjectSettings) -> None:
+    redact.register_url(settings.state)
+    for source in settings.sources.values():
+        if isinstance(source, SQLAlchemySourceConfig):
+            redact.register_url(source.url.get_secret_value())
+        elif isinstance(source, SQLiteSourceConfig):
+            redact.register_url(source.url)

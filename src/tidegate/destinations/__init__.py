@@ -1,0 +1,62 @@
+"""Destination plugins, found through the ``tidegate.destinations`` entry point group.
+
+Built-in destinations are registered by the same entry points as third-party
+ones, so ``kinds()`` lists them all; importing a plugin happens only when a
+project uses it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from tidegate.destinations.base import (
+    Batch,
+    BatchResult,
+    Capabilities,
+    Destination,
+    DestinationConfig,
+    Operation,
+    SyncTarget,
+)
+
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "Capabilities",
+    "Destination",
+    "DestinationConfig",
+    "Operation",
+    "SyncTarget",
+    "kinds",
+    "load",
+]
+
+GROUP = "tidegate.destinations"
+
+# Used when tidegate runs from a source tree without installed metadata.
+_BUILTIN = {
+    "webhook": "tidegate.destinations.webhook:WebhookDestination",
+    "postgres": "tidegate.destinations.postgres:PostgresDestination",
+    "file": "tidegate.destinations.file:FileDestination",
+}
+
+
+def kinds() -> list[str]:
+    """Every destination type that can be named in ``type:``."""
+    return sorted({*_BUILTIN, *(ep.name for ep in entry_points(group=GROUP))})
+
+
+def load(kind: str) -> type[Destination]:
+    """The plugin class for ``kind``; KeyError if there is none."""
+    for ep in entry_points(group=GROUP):
+        if ep.name == kind:
+            cls = ep.load()
+            break
+    else:
+        if kind not in _BUILTIN:
+            raise KeyError(kind)
+        module, _, attr = _BUILTIN[kind].partition(":")
+        cls = getattr(__import__(module, fromlist=[attr]), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Destination)):
+        raise TypeError(f"entry point {kind!r} in {GROUP} is not a tidegate Destination")
+    return cls

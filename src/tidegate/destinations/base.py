@@ -1,0 +1,126 @@
+"""What a destination is: declared capabilities, a config model, and ``write(batch)``.
+
+A destination plugin subclasses ``Destination``, sets the class attributes
+(``kind``, ``config_model``, ``capabilities``) and implements ``write``, which
+takes one batch of one operation and returns the keys it rejected with the
+destination's message. Everything else (batching by record and byte limits,
+concurrency, rate limits, retries, state) is tidegate's job, not the plugin's.
+
+``write`` raises ``RetryableError`` for a transient failure of the whole batch
+(the same batch is sent again after a backoff) and ``DestinationError`` when
+the destination refuses for good.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Literal, final
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from tidegate.config import Mode
+
+Operation = Literal["insert", "update", "upsert", "delete"]
+
+
+class DestinationConfig(BaseModel):
+    """Base of every destination's settings; ``type`` picks the plugin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a destination accepts; tidegate never exceeds these limits."""
+
+    modes: frozenset[Mode]
+    max_records: int = 1000
+    max_bytes: int | None = None
+    requests_per_second: float | None = None
+    concurrency: int = 4
+    matches_by: str = "the sync's match key"
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    """The part of a sync a destination needs to know."""
+
+    sync: str
+    object: str
+    mode: Mode
+    match_fields: tuple[str, ...]
+    fields: tuple[str, ...]
+    project_root: Path
+    run_id: int | None = None
+
+
+@dataclass
+class Batch:
+    """One request's worth of records, all of one operation.
+
+    ``keys`` are the records' primary keys as JSON text (a JSON object when the
+    key has several columns). ``fields_json`` holds each record's mapped values
+    as JSON text (without the match fields); ``table`` holds match fields and
+    mapped fields as typed Arrow columns, in the same order as ``keys``.
+    """
+
+    id: str
+    operation: Operation
+    keys: list[str]
+    fields_json: list[str]
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @cached_property
+    def key_values(self) -> list[Any]:
+        return [json.loads(k) for k in self.keys]
+
+
+@dataclass
+class BatchResult:
+    """The destination's verdict: every key not in ``rejected`` was accepted."""
+
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+class Destination(ABC):
+    """Base class of destination plugins."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[DestinationConfig]]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, name: str, config: Any, target: SyncTarget) -> None:
+        self.name = name
+        self.config = config
+        self.target = target
+
+    def limits(self) -> Capabilities:
+        """The capabilities in force for this instance (settings may lower them)."""
+        return self.capabilities
+
+    def check(self) -> None:  # noqa: B027 - a destination with nothing to reach
+        """Reach the destination, or raise DestinationError saying why not."""
+
+    def prepare(self, schema: pa.Schema) -> None:  # noqa: B027 - most need no preparation
+        """Called once before the first batch of a run with the batches' schema."""
+
+    @abstractmethod
+    def write(self, batch: Batch) -> BatchResult:
+        """Deliver one batch; return the rejected keys with the destination's message."""
+
+    def close(self) -> None:  # noqa: B027 - most hold nothing
+        """Release connections."""
+
+    @final
+    def describe(self) -> str:
+        return f"{self.kind} destination '{self.name}'"

@@ -1,0 +1,97 @@
+"""The one place that classifies HTTP outcomes for HTTP-based destinations.
+
+Default contract (SPEC §6, the webhook's): 2xx accepts, 408 / 429 / 5xx and
+transport failures are transient (``RetryableError``, honouring
+``Retry-After``), any other status rejects the batch with the status and the
+start of the body. A connector whose API signals differently (Salesforce's
+403 ``REQUEST_LIMIT_EXCEEDED``, HubSpot's ``policyName``, Iterable's failures
+inside a 200) overrides ``classify`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+
+from tidegate.destinations.base import Destination
+from tidegate.errors import RetryableError
+from tidegate.redact import redact
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_BODY_PREVIEW = 300
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait per the ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def body_preview(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return redact(text[:_BODY_PREVIEW] + ("…" if len(text) > _BODY_PREVIEW else ""))
+
+
+class HttpDestination(Destination):
+    """A destination reached over HTTP with one pooled, keep-alive client."""
+
+    _client: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                timeout=DEFAULT_TIMEOUT,
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                headers={"user-agent": "tidegate"},
+            )
+        return self._client
+
+    def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request; transport failures become ``RetryableError``."""
+        try:
+            return self.client.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"timed out talking to {_host(url)}") from exc
+        except httpx.TransportError as exc:
+            raise RetryableError(f"cannot reach {_host(url)}: {redact(str(exc))}") from exc
+
+    def classify(self, response: httpx.Response) -> str | None:
+        """None when accepted; a rejection message for the whole batch otherwise.
+
+        Raises ``RetryableError`` for transient statuses.
+        """
+        status = response.status_code
+        if 200 <= status < 300:
+            return None
+        if status in RETRYABLE_STATUS:
+            raise RetryableError(
+                f"HTTP {status} from {_host(str(response.url))}: {body_preview(response)}",
+                retry_after=retry_after(response),
+            )
+        return f"HTTP {status}: {body_preview(response)}"
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _host(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "the destination"
+    return f"{parsed.scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "")

@@ -1,0 +1,469 @@
+"""The planner: map fields, validate keys, hash, diff against state, decide what to send.
+
+Everything here runs as SQL in DuckDB over Arrow: the model streams into a
+table once, each row's mapped values are hashed there, and the diff against
+the state's (key, hash) pairs is a join. Python only ever sees the rows that
+will be sent (``Plan.outgoing``) and the invalid ones.
+
+Tables of one plan (DuckDB, temporary):
+
+    m      every model row: __key (JSON text), __invalid (reason or NULL),
+           __hash, the record's columns under destination names
+    diff   keys whose fate is not "unchanged": __key, __cat (added/changed/removed)
+    send   what the sync's mode sends, in order: __op, __cat, __key, __hash,
+           __fields and __record (JSON text), the record's columns
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tidegate.config import Mode, SyncConfig
+from tidegate.destinations.base import Batch, Operation
+
+# What each mode sends for each category of key (SPEC §3).
+SENDS: dict[Mode, dict[str, Operation]] = {
+    "insert": {"added": "insert"},
+    "update": {"added": "update", "changed": "update"},
+    "upsert": {"added": "upsert", "changed": "upsert"},
+    "delete": {"added": "delete"},
+    "mirror": {"added": "upsert", "changed": "update", "removed": "delete"},
+}
+_OP_ORDER = {"insert": 0, "upsert": 1, "update": 2, "delete": 3}
+_RECORD_OVERHEAD = 24  # bytes a record adds to a JSON body beyond its key and fields
+
+
+class MappingProblem(Exception):
+    """The sync's keys or fields do not fit the model's columns."""
+
+    def __init__(self, key: str, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.key, self.message, self.fix = key, message, fix
+
+
+@dataclass
+class PlanCounts:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Outgoing:
+    """A batch ready for the destination, with what state needs once it is acknowledged."""
+
+    batch: Batch
+    hashes: list[int | None]
+    records: list[str | None]
+    categories: list[str]
+
+
+@dataclass
+class Plan:
+    """What a run would do. Holds its DuckDB tables until closed."""
+
+    sync: str
+    mode: Mode
+    counts: PlanCounts
+    to_send: dict[Operation, int]
+    record_fields: list[str]
+    match_fields: list[str]
+    mapped_fields: list[str]
+    invalid_reasons: dict[str, int]
+    schema: pa.Schema
+    con: duckdb.DuckDBPyConnection = field(repr=False)
+    _workdir: Path | None = field(default=None, repr=False)
+
+    @property
+    def total_to_send(self) -> int:
+        return sum(self.to_send.values())
+
+    def outgoing(self, max_records: int, max_bytes: int | None = None) -> Iterator[Outgoing]:
+        """The send table cut into batches: one operation each, within both limits."""
+        cols = ", ".join(_q(c) for c in self.record_fields)
+        self.con.execute("set preserve_insertion_order = true")
+        reader = self.con.sql(
+            f"select __op, __cat, __key, __hash, __fields, __record, {cols} from send"
+        ).to_arrow_reader(max(max_records, 50_000))
+        carry: pa.Table | None = None
+        for chunk in reader:
+            table = pa.Table.from_batches([chunk])
+            if carry is not None:
+                table = pa.concat_tables([carry, table])
+            cuts = _cuts(table, max_records, max_bytes)
+            for start, stop in _pairs(cuts):
+                yield self._outgoing(table.slice(start, stop - start))
+            # The tail may still grow with the next chunk's rows of the same operation.
+            carry = table.slice(cuts[-1]) if cuts[-1] < table.num_rows else None
+        if carry is not None and carry.num_rows:
+            for start, stop in _pairs(_cuts(carry, max_records, max_bytes, final=True)):
+                yield self._outgoing(carry.slice(start, stop - start))
+
+    def _outgoing(self, table: pa.Table) -> Outgoing:
+        op: Operation = table.column("__op")[0].as_py()
+        keys = table.column("__key").to_pylist()
+        hashes = table.column("__hash").to_pylist()
+        digest = hashlib.sha256(f"{self.sync}\n{op}\n".encode())
+        digest.update("\n".join(keys).encode())
+        digest.update(table.column("__hash").fill_null(0).to_numpy().tobytes())
+        fields = table.column("__fields").to_pylist()
+        batch = Batch(
+            id="msg_" + digest.hexdigest()[:32],
+            operation=op,
+            keys=keys,
+            fields_json=[f if f is not None else "{}" for f in fields],
+            table=table.select(self.record_fields),
+        )
+        return Outgoing(
+            batch=batch,
+            hashes=hashes,
+            records=table.column("__record").to_pylist(),
+            categories=table.column("__cat").to_pylist(),
+        )
+
+    def invalid_rows(self) -> Iterator[tuple[str, str, str]]:
+        """(key, reason, record JSON) of every invalid row."""
+        reader = self.con.sql(
+            "select coalesce(__key, 'null'), __invalid, "
+            f"to_json(struct_pack({_struct_args(self.record_fields)})) "
+            "from m where __invalid is not null order by 1"
+        ).to_arrow_reader(10_000)
+        for chunk in reader:
+            yield from zip(*(c.to_pylist() for c in chunk.columns), strict=True)
+
+    def samples(self, limit: int = 5) -> dict[str, list[dict[str, Any]]]:
+        """A few rows of each category, for people reading the plan."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for cat in ("added", "changed", "removed"):
+            rows = self.con.execute(
+                "select __key, __fields from send where __cat = ? order by __key limit ?",
+                [cat, limit],
+            ).fetchall()
+            if rows:
+                out[cat] = [
+                    {"key": json.loads(k), "fields": json.loads(f) if f else None}
+                    for k, f in rows
+                ]
+        bad = self.con.execute(
+            "select __key, __invalid from m where __invalid is not null order by 1 limit ?",
+            [limit],
+        ).fetchall()
+        if bad:
+            out["invalid"] = [
+                {"key": json.loads(k) if k else None, "reason": r} for k, r in bad
+            ]
+        return out
+
+    def close(self) -> None:
+        self.con.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class Planner:
+    """Builds a Plan for one sync from a model stream and the state's (key, hash) pairs."""
+
+    def __init__(
+        self,
+        sync_name: str,
+        sync: SyncConfig,
+        *,
+        workdir: Path | None = None,
+        memory_limit: str = "1GB",
+    ) -> None:
+        self.sync_name = sync_name
+        self.sync = sync
+        self.workdir = workdir
+        self.memory_limit = memory_limit
+
+    def plan(
+        self, model: pa.RecordBatchReader, state: pa.Table, *, full: bool = False
+    ) -> Plan:
+        con, workdir = self._connect()
+        try:
+            return self._plan(con, workdir, model, state, full)
+        except BaseException:
+            con.close()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    def _connect(self) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
+        workdir: Path | None = None
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix="plan-", dir=self.workdir))
+            con = duckdb.connect(str(workdir / f"{uuid.uuid4().hex}.duckdb"))
+            con.execute(f"set temp_directory = '{workdir / 'spill'}'")
+        else:
+            con = duckdb.connect()
+        con.execute(f"set memory_limit = '{self.memory_limit}'")
+        con.execute("set preserve_insertion_order = false")
+        return con, workdir
+
+    def _plan(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        workdir: Path | None,
+        model: pa.RecordBatchReader,
+        state: pa.Table,
+        full: bool,
+    ) -> Plan:
+        sync = self.sync
+        columns = list(model.schema.names)
+        keys = sync.key_columns
+        match = sync.match_columns
+        mapping = self._mapping(columns)
+        record: dict[str, str] = {dst: src for src, dst in match}
+        for src, dst in mapping.items():
+            if dst in record and record[dst] != src:
+                raise MappingProblem(
+                    "fields",
+                    f"destination field '{dst}' is mapped from both '{record[dst]}' and '{src}'",
+                    "map each destination field from one column",
+                )
+            record[dst] = src
+        mapped = [dst for dst in mapping.values() if dst not in dict(match).values()] or [
+            dst for dst in mapping.values()
+        ]
+        types = {f.name: f.type for f in model.schema}
+        exprs = {dst: _normalised(_q(src), types[src]) for dst, src in record.items()}
+        signature = json.dumps(
+            {"object": sync.object, "record": list(record), "mapped": mapped}, sort_keys=True
+        )
+        key_json = (
+            f"to_json({_q(keys[0])})"
+            if len(keys) == 1
+            else f"to_json(struct_pack({_struct_args(keys)}))"
+        )
+        null_key = " or ".join(f"{_q(k)} is null" for k in keys)
+        select = ", ".join(f"{expr} as {_q(dst)}" for dst, expr in exprs.items())
+        fields_struct = ", ".join(f"{_q(f)} := {exprs[f]}" for f in mapped)
+        con.register("model_stream", model)
+        con.execute(
+            f"""
+            create temp table m as
+            select {key_json} as __key,
+                   case when {null_key} then 'primary key ({", ".join(keys)}) is null' end
+                       as __invalid,
+                   cast(hash(struct_pack({fields_struct}), $sig) >> 1 as bigint) as __hash,
+                   {select}
+            from model_stream
+            """,
+            {"sig": signature},
+        )
+        con.unregister("model_stream")
+        con.execute(
+            "create temp table dups as select __key, count(*) as n from m "
+            "where __invalid is null group by __key having count(*) > 1"
+        )
+        if con.execute("select count(*) from dups").fetchall() != [(0,)]:
+            con.execute(
+                "update m set __invalid = 'primary key appears ' || dups.n || ' times in the model'"
+                " from dups where m.__key = dups.__key"
+            )
+        con.register("st", state)
+        self._diff(con, record, keys, full)
+        con.unregister("st")
+        counts = self._counts(con)
+        to_send = self._send_view(con, record, mapped)
+        reasons = dict(
+            con.execute(
+                "select __invalid, count(*) from m where __invalid is not null group by 1"
+            ).fetchall()
+        )
+        schema = con.sql(
+            f"select {', '.join(_q(c) for c in record)} from send limit 0"
+        ).to_arrow_table().schema
+        return Plan(
+            sync=self.sync_name,
+            mode=sync.mode,
+            counts=counts,
+            to_send=to_send,
+            record_fields=list(record),
+            match_fields=[dst for _, dst in match],
+            mapped_fields=mapped,
+            invalid_reasons=reasons,
+            schema=schema,
+            con=con,
+            _workdir=workdir,
+        )
+
+    def _mapping(self, columns: list[str]) -> dict[str, str]:
+        keys = self.sync.key_columns
+        missing = [k for k in keys if k not in columns]
+        if missing:
+            raise MappingProblem(
+                "primary_key",
+                f"primary key column(s) {', '.join(missing)} not in the model",
+                f"use columns the query returns: {', '.join(columns)}",
+            )
+        missing = [s for s, _ in self.sync.match_columns if s not in columns]
+        if missing:
+            raise MappingProblem(
+                "match", f"match column(s) {', '.join(missing)} not in the model",
+                f"use columns the query returns: {', '.join(columns)}",
+            )
+        mapping = self.sync.field_map
+        if mapping is None:
+            return {c: c for c in columns if c not in keys}
+        missing = [s for s in mapping if s not in columns]
+        if missing:
+            raise MappingProblem(
+                "fields",
+                f"field(s) {', '.join(missing)} not in the model",
+                f"map columns the query returns: {', '.join(columns)}",
+            )
+        return mapping
+
+    def _counts(self, con: duckdb.DuckDBPyConnection) -> PlanCounts:
+        row = con.execute(
+            "select count(*) filter (where __invalid is null), "
+            "count(*) filter (where __invalid is not null) from m"
+        ).fetchall()
+        valid, invalid = row[0]
+        cats = dict(con.execute("select __cat, count(*) from diff group by 1").fetchall())
+        added, changed = cats.get("added", 0), cats.get("changed", 0)
+        return PlanCounts(
+            added=added,
+            changed=changed,
+            removed=cats.get("removed", 0),
+            unchanged=valid - added - changed,
+            invalid=invalid,
+        )
+
+    def _diff(
+        self, con: duckdb.DuckDBPyConnection, record: dict[str, str], keys: list[str], full: bool
+    ) -> None:
+        """One join with state keeps every key whose fate is not "unchanged", with its record.
+
+        A removed key's record is gone from the model; its match fields are read
+        back from the key's JSON so a delete can name the record.
+        """
+        match = dict(self.sync.match_columns)
+        m_types = {r[0]: str(r[1]) for r in con.execute("describe m").fetchall()}
+        cols = []
+        for dst, src in record.items():
+            if src in keys and match.get(src) == dst:
+                path = "$" if len(keys) == 1 else f"$.{json.dumps(src)}"
+                sql_type = m_types.get(dst, "VARCHAR")
+                sql_type = "VARCHAR" if sql_type.strip('"') == "NULL" else sql_type
+                removed = f"cast(json_extract_string(s.key, '{path}') as {sql_type})"
+                cols.append(f"case when v.__key is null then {removed} else v.{_q(dst)} end "
+                            f"as {_q(dst)}")
+            else:
+                cols.append(f"v.{_q(dst)}")
+        changed = "true" if full else "v.__hash <> s.hash"
+        con.execute(
+            f"""
+            create temp table diff as
+            select coalesce(v.__key, s.key) as __key,
+                   case when v.__key is null then 'removed'
+                        when s.key is null then 'added' else 'changed' end as __cat,
+                   v.__hash, {", ".join(cols)}
+            from (select * exclude (__invalid) from m where __invalid is null) v
+            full outer join st s on v.__key = s.key
+            where v.__key is null or s.key is null or {changed}
+            """
+        )
+        con.execute(
+            "delete from diff where __cat = 'removed' and __key in (select __key from dups)"
+        )
+
+    def _send_view(
+        self, con: duckdb.DuckDBPyConnection, record: dict[str, str], mapped: list[str]
+    ) -> dict[Operation, int]:
+        sends = SENDS[self.sync.mode]
+        op_case = "case __cat " + " ".join(
+            f"when '{cat}' then '{op}'" for cat, op in sends.items()
+        ) + " end"
+        ord_case = "case __cat " + " ".join(
+            f"when '{cat}' then {_OP_ORDER[op]}" for cat, op in sends.items()
+        ) + " end"
+        present = "__cat <> 'removed'"
+        fields_json = f"to_json(struct_pack({_struct_args(mapped)}))"
+        record_json = f"to_json(struct_pack({_struct_args(list(record))}))"
+        cats = ", ".join(f"'{c}'" for c in sends)
+        # JSON is made after the sort, so the sort moves narrow rows.
+        con.execute(
+            f"""
+            create temp view send as
+            select __op, __ord, __cat, __key, __hash,
+                   case when {present} then {fields_json} end as __fields,
+                   case when {present} then {record_json} end as __record,
+                   {", ".join(_q(c) for c in record)}
+            from (select *, {op_case} as __op, {ord_case} as __ord from diff
+                  where __cat in ({cats}) order by __ord, __key)
+            """
+        )
+        return dict(con.execute("select __op, count(*) from send group by 1").fetchall())
+
+
+def _cuts(
+    table: pa.Table, max_records: int, max_bytes: int | None, *, final: bool = False
+) -> list[int]:
+    """Batch boundaries: a batch ends at an operation change or at either limit.
+
+    Without ``final`` the last, possibly unfinished batch is left out.
+    """
+    n = table.num_rows
+    ops = table.column("__op").combine_chunks()
+    changes = pc.indices_nonzero(pc.not_equal(ops.slice(1), ops.slice(0, n - 1))).to_numpy() + 1
+    ends = [*changes.tolist(), n]
+    lengths = pc.add(
+        pc.binary_length(table.column("__key")),
+        pc.binary_length(table.column("__fields").fill_null("")),
+    )
+    sizes = np.cumsum(lengths.to_numpy() + _RECORD_OVERHEAD, dtype=np.int64)
+    cuts, start = [0], 0
+    for end in ends:
+        while start < end:
+            stop = min(start + max_records, end)
+            if max_bytes is not None:
+                base = sizes[start - 1] if start else 0
+                fit = int(np.searchsorted(sizes, base + max_bytes, side="right"))
+                stop = max(start + 1, min(stop, fit))
+            if stop == n and not final and stop - start < max_records:
+                return cuts
+            cuts.append(stop)
+            start = stop
+    return cuts
+
+
+def _pairs(cuts: list[int]) -> list[tuple[int, int]]:
+    return list(zip(cuts, cuts[1:], strict=False))
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _struct_args(names: list[str]) -> str:
+    return ", ".join(f"{_q(n)} := {_q(n)}" for n in names)
+
+
+def _normalised(expr: str, arrow_type: pa.DataType) -> str:
+    # An INT column that becomes BIGINT upstream must not look like a changed value.
+    if pa.types.is_integer(arrow_type):
+        return f"cast({expr} as bigint)"
+    if pa.types.is_floating(arrow_type):
+        return f"cast({expr} as double)"
+    return expr

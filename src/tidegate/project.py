@@ -1,0 +1,262 @@
+"""The public face of a project: load it, plan and run its syncs, read its history.
+
+``Project`` is what the CLI, the Python API and later faces call; it resolves
+names (sources, destinations, syncs) into objects and owns the state store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from tidegate import destinations, redact, runs, state
+from tidegate.config import (
+    Located,
+    ProjectConfig,
+    ProjectSettings,
+    SyncConfig,
+    load_project_config,
+    problems_from,
+    unknown,
+)
+from tidegate.deliver import RetryPolicy
+from tidegate.destinations.base import Destination, DestinationConfig, SyncTarget
+from tidegate.errors import ConfigError, Problem, TidegateError
+from tidegate.progress import NullReporter, Reporter
+from tidegate.sources import Source, open_source
+from tidegate.store import Store
+
+__all__ = ["Project"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of ``validate --connections``."""
+
+    kind: str
+    name: str
+    ok: bool
+    message: str
+
+
+class Project:
+    """A loaded, validated tidegate project."""
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+        self.root = config.root
+        self._store: Store | None = None
+        self.retry = RetryPolicy()
+        self.memory_limit = os.environ.get("TIDEGATE_MEMORY_LIMIT", "512MB")
+
+    @classmethod
+    def load(cls, path: str | Path = ".", env: Mapping[str, str] | None = None) -> Project:
+        """Load the project in ``path``; raise ConfigError listing every problem."""
+        return cls(load_project_config(Path(path), env, _check_destinations))
+
+    @property
+    def name(self) -> str:
+        return self.config.settings.name
+
+    @property
+    def settings(self) -> ProjectSettings:
+        return self.config.settings
+
+    @property
+    def syncs(self) -> dict[str, SyncConfig]:
+        return self.config.syncs
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.settings.state, self.root)
+        return self._store
+
+    def sync(self, name: str) -> SyncConfig:
+        return self.config.sync(name)
+
+    def source(self, name: str) -> Source:
+        return open_source(name, self.settings.sources[name], self.root)
+
+    def destination(self, sync_name: str, run_id: int | None = None) -> Destination:
+        sync = self.sync(sync_name)
+        cls, settings = self.destination_settings(sync.destination)
+        mapped = sync.field_map
+        target = SyncTarget(
+            sync=sync_name,
+            object=sync.object,
+            mode=sync.mode,
+            match_fields=tuple(dst for _, dst in sync.match_columns),
+            fields=tuple(mapped.values()) if mapped else (),
+            project_root=self.root,
+            run_id=run_id,
+        )
+        return cls(sync.destination, settings, target)
+
+    def destination_settings(self, name: str) -> tuple[type[Destination], DestinationConfig]:
+        raw = self.settings.destinations[name]
+        cls = destinations.load(str(raw["type"]))
+        return cls, cls.config_model.model_validate(raw)
+
+    def plan(self, name: str, *, full: bool = False) -> dict[str, Any]:
+        """What a run of ``name`` would do now; sends nothing, records nothing."""
+        from tidegate.sync import plan_only
+
+        return plan_only(self, name, full=full)
+
+    def run(
+        self,
+        name: str,
+        *,
+        full: bool = False,
+        dry_run: bool = False,
+        reporter: Reporter | None = None,
+    ) -> dict[str, Any]:
+        """Plan and deliver ``name``; return the run summary (SPEC §4 ``--json``)."""
+        from tidegate.sync import run_sync
+
+        if dry_run:
+            return self.plan(name, full=full)
+        return run_sync(self, name, full=full, reporter=reporter or NullReporter())
+
+    def runs(self, sync: str | None = None, limit: int = 20) -> list[runs.RunRecord]:
+        if sync is not None:
+            self.sync(sync)
+        return runs.list_runs(self.store, sync, limit)
+
+    def show(self, run_id: int) -> dict[str, Any]:
+        """One run: its summary, timings and every rejected or invalid row."""
+        try:
+            record = runs.get_run(self.store, run_id)
+        except KeyError:
+            raise ConfigError(
+                Problem(f"there is no run {run_id}", fix="list runs with `tidegate runs`")
+            ) from None
+        out = record.summary()
+        out.update(
+            mode=record.mode,
+            destination=record.destination,
+            object=record.object,
+            full=record.full,
+            started_at=record.started_at.isoformat(),
+            finished_at=record.finished_at.isoformat() if record.finished_at else None,
+            to_send=record.to_send,
+            batches=record.batches,
+            timings=record.timings,
+            rows=runs.row_errors(self.store, run_id),
+        )
+        return out
+
+    def reset(self, sync: str) -> int:
+        """Forget the acknowledged state of ``sync``; returns how many keys were known."""
+        self.sync(sync)
+        return state.reset(self.store, sync)
+
+    def validate(self, *, connections: bool = False) -> list[CheckResult]:
+        """Config is already valid once loaded; with ``connections``, reach every end."""
+        results: list[CheckResult] = []
+        if not connections:
+            return results
+        for name in self.settings.sources:
+            source = self.source(name)
+            results.append(_probe("source", name, source.check))
+            source.close()
+        used = {s.destination: n for n, s in self.syncs.items()}
+        for name in self.settings.destinations:
+            if name not in used:
+                cls, settings = self.destination_settings(name)
+                target = SyncTarget("", "", "upsert", (), (), self.root)
+                dest = cls(name, settings, target)
+            else:
+                dest = self.destination(used[name])
+            results.append(_probe("destination", name, dest.check))
+            dest.close()
+        return results
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _probe(kind: str, name: str, check: Any) -> CheckResult:
+    try:
+        check()
+    except TidegateError as exc:
+        return CheckResult(kind, name, False, redact.redact(str(exc)))
+    return CheckResult(kind, name, True, "reachable")
+
+
+def _check_destinations(
+    settings: ProjectSettings,
+    syncs: dict[str, SyncConfig],
+    sync_origin: dict[str, Located],
+    dest_origin: dict[str, Located],
+) -> list[Problem]:
+    problems: list[Problem] = []
+    plugins: dict[str, type[Destination]] = {}
+    for name, raw in settings.destinations.items():
+        loc = dest_origin[name]
+        where = {"file": loc.doc.file, "line": loc.doc.line_of((*loc.path, "type"))}
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        if not kind:
+            problems.append(Problem("required key 'type' is missing",
+                                    key=f"destinations.{name}",
+                                    fix=f"set `type:` to one of {', '.join(destinations.kinds())}",
+                                    file=loc.doc.file, line=loc.doc.line_of(loc.path)))
+            continue
+        try:
+            cls = destinations.load(str(kind))
+        except KeyError:
+            problems.append(unknown("destination type", str(kind), destinations.kinds(),
+                                    key=f"destinations.{name}.type", **where))
+            continue
+        except ImportError as exc:
+            problems.append(Problem(f"destination type '{kind}' cannot be loaded ({exc})",
+                                    key=f"destinations.{name}.type",
+                                    fix=f"pip install 'tidegate[{kind}]'", **where))
+            continue
+        try:
+            model = cls.config_model.model_validate(raw)
+        except ValidationError as exc:
+            problems += problems_from(exc, loc.doc, loc.path, cls.config_model)
+            continue
+        _register_secrets(model)
+        plugins[name] = cls
+    for sync_name, sync in syncs.items():
+        cls_or_none = plugins.get(sync.destination)
+        if cls_or_none is None:
+            continue
+        modes = cls_or_none.capabilities.modes
+        if sync.mode not in modes:
+            loc = sync_origin[sync_name]
+            problems.append(Problem(
+                f"{cls_or_none.kind} destination '{sync.destination}' does not support "
+                f"mode '{sync.mode}'",
+                file=loc.doc.file, line=loc.doc.line_of((*loc.path, "mode")),
+                key=".".join(map(str, (*loc.path, "mode"))) or "mode",
+                fix=f"use one of: {', '.join(sorted(modes))}"))
+    return problems
+
+
+def _register_secrets(model: BaseModel) -> None:
+    for name, value in model:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            redact.register(secret)
+            redact.register_url(secret)
+        elif isinstance(value, str) and name in ("url", "base_url", "login_url"):
+            redact.register_url(value)
+        elif isinstance(value, BaseModel):
+            _register_secrets(value)

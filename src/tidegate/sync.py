@@ -1,0 +1,187 @@
+"""One run of one sync: extract → plan → deliver → commit, and its run record.
+
+Every run is recorded before anything is read; whatever happens, the record
+ends with the truth (succeeded, partial, failed and why). State advances only
+in ``state.commit_batch``, once the destination acknowledged a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from tidegate import runs, state
+from tidegate.config import Located, SyncConfig
+from tidegate.deliver import Deliverer
+from tidegate.destinations.base import BatchResult, Destination
+from tidegate.errors import ConfigError, Problem, TidegateError
+from tidegate.plan import MappingProblem, Outgoing, Plan, Planner
+from tidegate.progress import NullReporter, Reporter
+from tidegate.redact import redact
+from tidegate.sources import ModelQueryError, Source
+
+if TYPE_CHECKING:
+    from tidegate.project import Project
+
+log = logging.getLogger("tidegate")
+
+
+def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, Any]:
+    """The plan of ``name`` with samples; nothing is sent or recorded."""
+    sync = project.sync(name)
+    try:
+        plan, source = _make_plan(project, name, sync, full, NullReporter(), {})
+    except ConfigError as exc:
+        raise _locate(exc, project, name) from None
+    try:
+        return {
+            "sync": name,
+            "status": "planned",
+            "mode": sync.mode,
+            "planned": plan.counts.as_dict(),
+            "to_send": dict(plan.to_send),
+            "invalid_reasons": plan.invalid_reasons,
+            "samples": plan.samples(),
+        }
+    finally:
+        plan.close()
+        source.close()
+
+
+def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> dict[str, Any]:
+    """Run ``name`` once; return its summary. Config problems found on the way raise."""
+    sync = project.sync(name)
+    store = project.store
+    run_id = runs.start_run(
+        store, sync=name, mode=sync.mode, destination=sync.destination,
+        object=sync.object, full=full,
+    )
+    log.info("run %s of sync %s started", run_id, name)
+    timings: dict[str, float] = {}
+    status, error = "failed", None
+    config_error: ConfigError | None = None
+    plan: Plan | None = None
+    source: Source | None = None
+    destination: Destination | None = None
+    try:
+        plan, source = _make_plan(project, name, sync, full, reporter, timings)
+        invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
+        runs.record_plan(store, run_id, plan.counts, plan.total_to_send, invalid, name)
+        log.info("planned %s: %s, sending %s", name, plan.counts.as_dict(), plan.total_to_send)
+        destination = project.destination(name, run_id)
+        started = time.perf_counter()
+        _deliver(project, name, sync, run_id, plan, destination, reporter)
+        timings["deliver_s"] = round(time.perf_counter() - started, 3)
+        record = runs.get_run(store, run_id)
+        status = "partial" if record.rejected or plan.counts.invalid else "succeeded"
+        if plan.counts.invalid:
+            error = _invalid_summary(plan.invalid_reasons)
+    except ConfigError as exc:
+        config_error = _locate(exc, project, name)
+        error = redact(str(config_error))
+    except TidegateError as exc:
+        error = redact(str(exc))
+    except Exception as exc:  # a bug must still leave a truthful run record
+        error = redact(f"unexpected {type(exc).__name__}: {exc}")
+        log.debug("%s", redact(traceback.format_exc()))
+    finally:
+        reporter.finish()
+        for closeable in (plan, source, destination):
+            if closeable is not None:
+                closeable.close()
+        record = runs.finish_run(store, run_id, status, error, timings)
+    log.info("run %s of sync %s %s", run_id, name, status)
+    if config_error is not None:
+        raise config_error
+    return record.summary()
+
+
+def _make_plan(
+    project: Project,
+    name: str,
+    sync: SyncConfig,
+    full: bool,
+    reporter: Reporter,
+    timings: dict[str, float],
+) -> tuple[Plan, Source]:
+    started = time.perf_counter()
+    reporter.phase("planning")
+    source = project.source(sync.source)
+    try:
+        log.info("extracting %s from source %s", name, sync.source)
+        model = source.read(sync.sql)
+        known = state.read_hashes(project.store, name)
+        planner = Planner(
+            name, sync, workdir=project.root / ".tidegate" / "work",
+            memory_limit=project.memory_limit,
+        )
+        plan = planner.plan(model, known, full=full)
+    except ModelQueryError as exc:
+        source.close()
+        raise ConfigError(Problem(f"the model query failed: {exc}", key="query",
+                                  fix="fix the SQL; run it in the warehouse to check")) from exc
+    except MappingProblem as exc:
+        source.close()
+        raise ConfigError(Problem(exc.message, key=exc.key, fix=exc.fix)) from exc
+    except BaseException:
+        source.close()
+        raise
+    timings["plan_s"] = round(time.perf_counter() - started, 3)
+    return plan, source
+
+
+def _deliver(
+    project: Project,
+    name: str,
+    sync: SyncConfig,
+    run_id: int,
+    plan: Plan,
+    destination: Destination,
+    reporter: Reporter,
+) -> None:
+    total = plan.total_to_send
+    if not total:
+        return
+    caps = destination.limits()
+    destination.prepare(plan.schema)
+    batch_size = min(sync.batch_size or caps.max_records, caps.max_records)
+    concurrency = min(sync.concurrency or caps.concurrency, caps.concurrency)
+    reporter.phase("sending")
+    reporter.start(total)
+
+    def on_result(out: Outgoing, result: BatchResult) -> None:
+        rejected = {k: redact(v) for k, v in result.rejected.items()}
+        state.commit_batch(
+            project.store, sync=name, mode=sync.mode, run_id=run_id, out=out, rejected=rejected
+        )
+        reporter.advance(len(out.batch))
+        log.info("batch %s (%s, %s records, %s rejected) acknowledged",
+                 out.batch.id, out.batch.operation, len(out.batch), len(rejected))
+
+    rates = [r for r in (caps.requests_per_second, sync.requests_per_second) if r]
+    deliverer = Deliverer(
+        destination, concurrency=concurrency, rate=min(rates) if rates else None,
+        retry=project.retry,
+    )
+    deliverer.run(plan.outgoing(batch_size, caps.max_bytes), on_result)
+
+
+def _invalid_summary(reasons: dict[str, int]) -> str:
+    parts = [f"{n} row(s): {reason}" for reason, n in sorted(reasons.items())]
+    return "invalid rows were not sent: " + "; ".join(parts)
+
+
+def _locate(exc: ConfigError, project: Project, name: str) -> ConfigError:
+    """Point problems found while running at the sync's file and line."""
+    origin: Located = project.config.sync_origin[name]
+    located = []
+    for p in exc.problems:
+        if p.file is None and p.key:
+            path = (*origin.path, p.key)
+            located.append(Problem(p.message, origin.doc.file, origin.doc.line_of(path),
+                                   ".".join(map(str, path)), p.fix))
+        else:
+            located.append(p)
+    return ConfigError(located)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a real PostgreSQL server for the session, webhook receivers, projects."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SECRET = "whsec_" + base64.b64encode(b"tidegate-test-signing-key-0123").decode()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    from pgserver import start_postgres
+
+    with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def receiver() -> Iterator[object]:
+    from tidegate.sandbox.webhook import WebhookReceiver
+
+    with WebhookReceiver(secret=SECRET) as server:
+        yield server
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "project"
+    path.mkdir()
+    return path

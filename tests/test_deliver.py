@@ -1,0 +1,146 @@
+"""Delivery: the token bucket, retries with backoff and Retry-After, bounded concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import ClassVar
+
+import pyarrow as pa
+import pytest
+
+from tidegate.deliver import Deliverer, RetryPolicy, TokenBucket
+from tidegate.destinations.base import (
+    Batch,
+    BatchResult,
+    Capabilities,
+    Destination,
+    DestinationConfig,
+    SyncTarget,
+)
+from tidegate.errors import DestinationError, RetryableError
+from tidegate.plan import Outgoing
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_token_bucket_never_exceeds_its_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(5.0, clock=clock, sleep=clock.sleep)
+    stamps = []
+    for _ in range(20):
+        bucket.acquire()
+        stamps.append(clock.now)
+    # In any one-second window there are at most 5 requests.
+    for i, start in enumerate(stamps):
+        assert len([s for s in stamps[i:] if s < start + 1.0 - 1e-9]) <= 5
+    assert stamps[-1] == pytest.approx(19 / 5)
+
+
+def test_token_bucket_allows_a_burst_when_asked() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10.0, burst=10, clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        bucket.acquire()
+    assert clock.now == 0.0
+    bucket.acquire()
+    assert clock.now == pytest.approx(0.1)
+
+
+class Scripted(Destination):
+    """Fails as told, records what it saw and how many writes ran at once."""
+
+    kind = "scripted"
+    config_model = DestinationConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(modes=frozenset({"upsert"}))
+
+    def __init__(self, failures: list[Exception | None], delay: float = 0.0) -> None:
+        super().__init__("x", None, SyncTarget("s", "o", "upsert", (), (), __import__("pathlib").Path(".")))
+        self.failures = list(failures)
+        self.delay = delay
+        self.calls = 0
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def write(self, batch: Batch) -> BatchResult:
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            failure = self.failures.pop(0) if self.failures else None
+        try:
+            time.sleep(self.delay)
+            if failure is not None:
+                raise failure
+            return BatchResult(rejected={batch.keys[0]: "nope"} if batch.keys[0] == '"bad"' else {})
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def outgoing(key: str) -> Outgoing:
+    batch = Batch(id=key, operation="upsert", keys=[key], fields_json=["{}"],
+                  table=pa.table({"id": [key]}))
+    return Outgoing(batch=batch, hashes=[1], records=["{}"], categories=["added"])
+
+
+def test_retries_honour_retry_after_and_back_off() -> None:
+    clock = FakeClock()
+    dest = Scripted([RetryableError("busy", retry_after=7.0), RetryableError("busy"), None])
+    results = []
+    Deliverer(dest, concurrency=1, rate=None, sleep=clock.sleep, seed=1).run(
+        [outgoing('"a"')], lambda out, res: results.append(res))
+    assert dest.calls == 3
+    assert clock.sleeps[0] >= 7.0  # never sooner than the server asked
+    assert 0 <= clock.sleeps[1] <= RetryPolicy().base_delay * 2
+    assert results == [BatchResult()]
+
+
+def test_a_destination_that_stays_down_fails_with_a_clear_message() -> None:
+    clock = FakeClock()
+    dest = Scripted([RetryableError("HTTP 503")] * 10)
+    with pytest.raises(DestinationError) as info:
+        Deliverer(dest, concurrency=1, rate=None, sleep=clock.sleep).run(
+            [outgoing('"a"')], lambda out, res: None)
+    assert dest.calls == RetryPolicy().max_attempts
+    assert "5 attempt(s)" in str(info.value) and "HTTP 503" in str(info.value)
+    assert "next run sends" in str(info.value)
+
+
+def test_a_retry_after_longer_than_allowed_fails_at_once() -> None:
+    dest = Scripted([RetryableError("slow down", retry_after=3600)])
+    with pytest.raises(DestinationError):
+        Deliverer(dest, concurrency=1, rate=None, sleep=lambda s: None).run(
+            [outgoing('"a"')], lambda out, res: None)
+    assert dest.calls == 1
+
+
+def test_concurrency_is_bounded_and_every_result_is_reported_once() -> None:
+    dest = Scripted([], delay=0.02)
+    seen: list[str] = []
+    keys = [f'"k{i}"' for i in range(12)] + ['"bad"']
+    Deliverer(dest, concurrency=3, rate=None).run(
+        (outgoing(k) for k in keys), lambda out, res: seen.append(out.batch.keys[0]))
+    assert sorted(seen) == sorted(keys)
+    assert dest.peak == 3
+
+
+def test_the_first_fatal_error_stops_new_batches_but_settles_those_in_flight() -> None:
+    dest = Scripted([DestinationError("auth refused")], delay=0.01)
+    seen: list[str] = []
+    with pytest.raises(DestinationError, match="auth refused"):
+        Deliverer(dest, concurrency=2, rate=None).run(
+            (outgoing(f'"k{i}"') for i in range(50)), lambda out, res: seen.append("x"))
+    assert dest.calls < 50
