@@ -140,7 +140,7 @@ def test_unknown_destination_type_and_bad_destination_settings(project_dir: Path
 def test_every_problem_is_reported_at_once(project_dir: Path) -> None:
     text = (GOOD.replace("    path: warehouse.duckdb\n", "    path: warehouse.duckdb\n    pth: x\n")
             .replace("job_type: upsert", "job_type: upsertt")
-            .replace("object: Account\n", ""))
+            .replace("    object: Account\n", ""))
     write(project_dir, text)
     found = problems(project_dir)
     assert len(found) == 3, found

@@ -40,7 +40,8 @@ sandbox_app = typer.Typer(help="Local servers that follow a destination's contra
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
-out = Console(highlight=False, soft_wrap=True)
+# Tables stay readable when stdout is a pipe or a CI log, where rich would assume 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.",

@@ -174,6 +174,8 @@ def problems_from(
     for err in exc.errors(include_input=False, include_url=False):
         loc = _strip_union_tag(tuple(err["loc"]), base)
         path = (*base, *loc)
+        if path in doc.unresolved:
+            continue  # already reported: the variable that should fill it is not set
         key = ".".join(str(p) for p in path)
         kind = err["type"]
         line = doc.line_of(path)

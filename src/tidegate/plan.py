@@ -90,6 +90,7 @@ class Plan:
     invalid_reasons: dict[str, int]
     schema: pa.Schema
     con: duckdb.DuckDBPyConnection = field(repr=False)
+    known: pa.Table = field(repr=False)
     _workdir: Path | None = field(default=None, repr=False)
 
     @property
@@ -171,6 +172,24 @@ class Plan:
                 {"key": json.loads(k) if k else None, "reason": r} for k, r in bad
             ]
         return out
+
+    def state_after(self, kept: list[tuple[str, int | None]], dropped: list[str]) -> pa.Table:
+        """The (key, hash) state once ``kept`` were written and ``dropped`` removed."""
+        cur = self.con.cursor()
+        try:
+            cur.register("known_before", self.known)
+            cur.register("kept", pa.table({
+                "key": pa.array([k for k, _ in kept], pa.string()),
+                "hash": pa.array([h for _, h in kept], pa.int64()),
+            }))
+            cur.register("dropped", pa.table({"key": pa.array(dropped, pa.string())}))
+            return cur.sql(
+                "select key, hash from known_before "
+                "where key not in (select key from kept) and key not in (select key from dropped) "
+                "union all select key, hash from kept"
+            ).to_arrow_table()
+        finally:
+            cur.close()
 
     def close(self) -> None:
         self.con.close()
@@ -304,6 +323,7 @@ class Planner:
             invalid_reasons=reasons,
             schema=schema,
             con=con,
+            known=state,
             _workdir=workdir,
         )
 

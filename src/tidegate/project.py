@@ -72,6 +72,10 @@ class Project:
         return self.config.syncs
 
     @property
+    def snapshot_dir(self) -> Path:
+        return self.root / ".tidegate" / "snapshots"
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             self._store = Store(self.settings.state, self.root)

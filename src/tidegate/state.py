@@ -1,14 +1,22 @@
 """State: per sync and key, the record the destination last acknowledged, and its hash.
 
-The planner reads (key, hash) pairs as one Arrow table through ADBC, which
-streams them without a Python object per row. Writes happen per acknowledged
-batch, in the same transaction as the run's progress and rejected rows: a
-crash at any point leaves state equal to what the destination acknowledged.
+The planner reads (key, hash) pairs as one Arrow table. Reading a million
+rows out of SQLite costs seconds, so after each run the (key, hash) pairs are
+also kept as a local Arrow snapshot, labelled with the state version it
+equals; every transaction that changes a sync's state bumps that version, so a
+snapshot that is not exactly the truth is never used. Writes happen per
+acknowledged batch, in the same transaction as the run's progress and rejected
+rows: a crash at any point leaves state equal to what the destination
+acknowledged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -17,38 +25,111 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tidegate.plan import Outgoing
 from tidegate.runs import now
-from tidegate.store import Store, row_errors_table, runs_table, state_table
+from tidegate.store import Store, row_errors_table, runs_table, state_table, versions_table
 
 STATE_SCHEMA = pa.schema([("key", pa.string()), ("hash", pa.int64())])
+_FETCH_ROWS = 100_000
 
 
-def read_hashes(store: Store, sync: str) -> pa.Table:
-    """Every (key, hash) acknowledged for ``sync``, as an Arrow table."""
-    query = "select key, hash from tidegate_state where sync = "
-    try:
-        if store.dialect == "sqlite":
-            import adbc_driver_sqlite.dbapi as adbc
-        else:
-            import adbc_driver_postgresql.dbapi as adbc
-    except ImportError:
-        return _read_hashes_slow(store, sync)
-    placeholder = "?" if store.dialect == "sqlite" else "$1"
-    with adbc.connect(store.adbc_uri()) as conn, conn.cursor() as cur:
-        cur.execute(query + placeholder, parameters=(sync,))
-        table = cur.fetch_arrow_table()
-    if table.num_rows == 0:
-        return STATE_SCHEMA.empty_table()
-    return table.cast(STATE_SCHEMA)
+@dataclass
+class Known:
+    """The (key, hash) pairs acknowledged for a sync, and the state version they are."""
+
+    table: pa.Table
+    version: int
+    from_snapshot: bool
 
 
-def _read_hashes_slow(store: Store, sync: str) -> pa.Table:
+def read_hashes(store: Store, sync: str, snapshots: Path | None = None) -> Known:
+    """Every (key, hash) acknowledged for ``sync``, as an Arrow table.
+
+    A local snapshot written after the last run is used when its version still
+    matches the store's; otherwise the store is read.
+    """
+    version = current_version(store, sync)
+    if snapshots is not None:
+        cached = _load_snapshot(snapshots, store, sync, version)
+        if cached is not None:
+            return Known(cached, version, True)
+    while True:  # the version must be the same before and after, or the read is mixed
+        table = _read_store(store, sync)
+        after = current_version(store, sync)
+        if after == version:
+            return Known(table, version, False)
+        version = after
+
+
+def current_version(store: Store, sync: str) -> int:
     with store.engine.begin() as conn:
-        rows = conn.execute(
+        value = conn.execute(
+            sa.select(versions_table.c.version).where(versions_table.c.sync == sync)
+        ).scalar()
+    return int(value or 0)
+
+
+def _read_store(store: Store, sync: str) -> pa.Table:
+    if store.dialect == "postgresql":
+        fast = _read_postgres(store, sync)
+        if fast is not None:
+            return fast
+    batches = []
+    with store.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=_FETCH_ROWS).execute(
             sa.select(state_table.c.key, state_table.c.hash).where(state_table.c.sync == sync)
-        ).fetchall()
-    keys = [r[0] for r in rows]
-    hashes = [r[1] for r in rows]
-    return pa.table({"key": pa.array(keys, pa.string()), "hash": pa.array(hashes, pa.int64())})
+        )
+        for part in result.partitions():
+            keys, hashes = zip(*part, strict=True)
+            batches.append(pa.record_batch(
+                [pa.array(keys, pa.string()), pa.array(hashes, pa.int64())], schema=STATE_SCHEMA
+            ))
+        conn.rollback()
+    return pa.Table.from_batches(batches, schema=STATE_SCHEMA)
+
+
+def _read_postgres(store: Store, sync: str) -> pa.Table | None:
+    """PostgreSQL's COPY through ADBC: Arrow without a Python object per row."""
+    try:
+        import adbc_driver_postgresql.dbapi as adbc
+    except ImportError:
+        return None
+    uri = "postgresql://" + store.url.split("://", 1)[1]
+    with adbc.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute("select key, hash from tidegate_state where sync = $1", parameters=(sync,))
+        table = cur.fetch_arrow_table()
+    return table.cast(STATE_SCHEMA) if table.num_rows else STATE_SCHEMA.empty_table()
+
+
+def _snapshot_path(snapshots: Path, store: Store, sync: str) -> Path:
+    digest = hashlib.sha256(f"{store.identity}\n{sync}".encode()).hexdigest()[:24]
+    return snapshots / f"{digest}.arrow"
+
+
+def _load_snapshot(snapshots: Path, store: Store, sync: str, version: int) -> pa.Table | None:
+    path = _snapshot_path(snapshots, store, sync)
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowInvalid):
+        return None
+    meta = table.schema.metadata or {}
+    if meta.get(b"version") != str(version).encode() or meta.get(b"sync") != sync.encode():
+        return None
+    return table.replace_schema_metadata(None)
+
+
+def save_snapshot(
+    snapshots: Path, store: Store, sync: str, version: int, table: pa.Table
+) -> None:
+    """Keep ``table`` as the (key, hash) state of ``sync`` at ``version``."""
+    snapshots.mkdir(parents=True, exist_ok=True)
+    path = _snapshot_path(snapshots, store, sync)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table = table.cast(STATE_SCHEMA).replace_schema_metadata(
+        {"version": str(version), "sync": sync}
+    )
+    with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(temp, path)
 
 
 def count(store: Store, sync: str) -> int:
@@ -75,7 +156,33 @@ def reset(store: Store, sync: str) -> int:
     """Forget everything acknowledged for ``sync``; the next run sends every row."""
     with store.engine.begin() as conn:
         result = conn.execute(state_table.delete().where(state_table.c.sync == sync))
+        _bump(conn, store.dialect, sync)
         return int(result.rowcount or 0)
+
+
+def _bump(conn: sa.Connection, dialect: str, sync: str) -> int:
+    """Advance the sync's state version inside the caller's transaction."""
+    insert = postgresql.insert(versions_table) if dialect == "postgresql" else sqlite.insert(
+        versions_table
+    )
+    conn.execute(
+        insert.values(sync=sync, version=1).on_conflict_do_update(
+            index_elements=[versions_table.c.sync],
+            set_={"version": versions_table.c.version + 1},
+        )
+    )
+    value = conn.execute(
+        sa.select(versions_table.c.version).where(versions_table.c.sync == sync)
+    ).scalar_one()
+    return int(value)
+
+
+@dataclass
+class Committed:
+    delivered: dict[str, int]
+    kept: list[tuple[str, int | None]]
+    dropped: list[str]
+    version: int
 
 
 def commit_batch(
@@ -86,10 +193,11 @@ def commit_batch(
     run_id: int,
     out: Outgoing,
     rejected: dict[str, str],
-) -> dict[str, int]:
+) -> Committed:
     """Advance state for the acknowledged records of ``out`` and record the rejected.
 
-    Returns the delivered counts this batch adds (created / updated / deleted).
+    Returns what this batch changed: delivered counts, the keys kept or dropped,
+    and the state version after it.
     """
     keep: list[dict[str, Any]] = []
     drop: list[str] = []
@@ -137,7 +245,13 @@ def commit_batch(
                 heartbeat_at=stamp,
             )
         )
-    return delivered
+        version = _bump(conn, store.dialect, sync)
+    return Committed(
+        delivered=delivered,
+        kept=[(row["key"], row["hash"]) for row in keep],
+        dropped=drop,
+        version=version,
+    )
 
 
 def _upsert(dialect: str) -> Any:

@@ -82,8 +82,18 @@ row_errors_table = sa.Table(
 )
 
 
+# One row per sync, bumped in every transaction that changes its state, so a
+# local snapshot of (key, hash) can tell whether it is still the truth.
+versions_table = sa.Table(
+    "tidegate_state_versions",
+    metadata,
+    sa.Column("sync", sa.String(200), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+
 def _v1(conn: sa.Connection) -> None:
-    for table in (runs_table, state_table, row_errors_table):
+    for table in (runs_table, state_table, row_errors_table, versions_table):
         table.create(conn, checkfirst=True)
 
 
@@ -143,10 +153,10 @@ class Store:
         if self.dialect == "postgresql":
             conn.execute(sa.text("select pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
 
-    def adbc_uri(self) -> str:
-        if self.dialect == "sqlite":
-            return self.url.removeprefix("sqlite:///")
-        return "postgresql://" + self.url.split("://", 1)[1]
+    @property
+    def identity(self) -> str:
+        """Names this store without its password, for labelling local snapshots."""
+        return self.display_url
 
     def close(self) -> None:
         self.engine.dispose()

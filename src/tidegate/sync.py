@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import duckdb
 
 from tidegate import runs, state
 from tidegate.config import Located, SyncConfig
@@ -32,10 +35,13 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
     """The plan of ``name`` with samples; nothing is sent or recorded."""
     sync = project.sync(name)
     try:
-        plan, source = _make_plan(project, name, sync, full, NullReporter(), {})
+        plan, source, known = _make_plan(project, name, sync, full, NullReporter(), {})
     except ConfigError as exc:
         raise _locate(exc, project, name) from None
     try:
+        if not known.from_snapshot:
+            state.save_snapshot(project.snapshot_dir, project.store, name, known.version,
+                                known.table)
         return {
             "sync": name,
             "status": "planned",
@@ -65,14 +71,16 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
     plan: Plan | None = None
     source: Source | None = None
     destination: Destination | None = None
+    progress: Progress | None = None
     try:
-        plan, source = _make_plan(project, name, sync, full, reporter, timings)
+        plan, source, known = _make_plan(project, name, sync, full, reporter, timings)
+        progress = Progress(known.version)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
         runs.record_plan(store, run_id, plan.counts, plan.total_to_send, invalid, name)
         log.info("planned %s: %s, sending %s", name, plan.counts.as_dict(), plan.total_to_send)
         destination = project.destination(name, run_id)
         started = time.perf_counter()
-        _deliver(project, name, sync, run_id, plan, destination, reporter)
+        _deliver(project, name, sync, run_id, plan, destination, reporter, progress)
         timings["deliver_s"] = round(time.perf_counter() - started, 3)
         record = runs.get_run(store, run_id)
         status = "partial" if record.rejected or plan.counts.invalid else "succeeded"
@@ -88,6 +96,8 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
         log.debug("%s", redact(traceback.format_exc()))
     finally:
         reporter.finish()
+        if plan is not None and progress is not None and progress.exact:
+            _save_snapshot(project, name, plan, progress)
         for closeable in (plan, source, destination):
             if closeable is not None:
                 closeable.close()
@@ -98,6 +108,24 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
     return record.summary()
 
 
+@dataclass
+class Progress:
+    """What this run committed, so the state it leaves can be kept as a snapshot."""
+
+    version: int
+    kept: list[tuple[str, int | None]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    exact: bool = True  # False once a commit may or may not have happened
+
+
+def _save_snapshot(project: Project, name: str, plan: Plan, progress: Progress) -> None:
+    try:
+        after = plan.state_after(progress.kept, progress.dropped)
+        state.save_snapshot(project.snapshot_dir, project.store, name, progress.version, after)
+    except (OSError, duckdb.Error) as exc:  # only a cache: the next run reads the store
+        log.warning("could not keep the state snapshot of %s: %s", name, exc)
+
+
 def _make_plan(
     project: Project,
     name: str,
@@ -105,19 +133,19 @@ def _make_plan(
     full: bool,
     reporter: Reporter,
     timings: dict[str, float],
-) -> tuple[Plan, Source]:
+) -> tuple[Plan, Source, state.Known]:
     started = time.perf_counter()
     reporter.phase("planning")
     source = project.source(sync.source)
     try:
         log.info("extracting %s from source %s", name, sync.source)
         model = source.read(sync.sql)
-        known = state.read_hashes(project.store, name)
+        known = state.read_hashes(project.store, name, project.snapshot_dir)
         planner = Planner(
             name, sync, workdir=project.root / ".tidegate" / "work",
             memory_limit=project.memory_limit,
         )
-        plan = planner.plan(model, known, full=full)
+        plan = planner.plan(model, known.table, full=full)
     except ModelQueryError as exc:
         source.close()
         raise ConfigError(Problem(f"the model query failed: {exc}", key="query",
@@ -129,7 +157,7 @@ def _make_plan(
         source.close()
         raise
     timings["plan_s"] = round(time.perf_counter() - started, 3)
-    return plan, source
+    return plan, source, known
 
 
 def _deliver(
@@ -140,6 +168,7 @@ def _deliver(
     plan: Plan,
     destination: Destination,
     reporter: Reporter,
+    progress: Progress,
 ) -> None:
     total = plan.total_to_send
     if not total:
@@ -153,9 +182,14 @@ def _deliver(
 
     def on_result(out: Outgoing, result: BatchResult) -> None:
         rejected = {k: redact(v) for k, v in result.rejected.items()}
-        state.commit_batch(
+        progress.exact = False
+        done = state.commit_batch(
             project.store, sync=name, mode=sync.mode, run_id=run_id, out=out, rejected=rejected
         )
+        progress.kept += done.kept
+        progress.dropped += done.dropped
+        progress.version = done.version
+        progress.exact = True
         reporter.advance(len(out.batch))
         log.info("batch %s (%s, %s records, %s rejected) acknowledged",
                  out.batch.id, out.batch.operation, len(out.batch), len(rejected))

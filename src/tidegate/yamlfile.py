@@ -33,6 +33,7 @@ class YamlDoc:
     lines: dict[Path_, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     env_vars: set[str] = field(default_factory=set)
+    unresolved: set[Path_] = field(default_factory=set)
 
     def line_of(self, path: Path_) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
@@ -123,6 +124,7 @@ class _Walker:
             if value is None or (value == "" and default is not None):
                 if default is not None:
                     return default
+                self.doc.unresolved.add(path)
                 self.doc.problems.append(
                     Problem(
                         f"environment variable {name} is not set",

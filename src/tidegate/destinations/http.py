@@ -11,6 +11,7 @@ inside a 200) overrides ``classify`` and nothing else.
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from typing import Any
 
@@ -48,16 +49,22 @@ class HttpDestination(Destination):
     """A destination reached over HTTP with one pooled, keep-alive client."""
 
     _client: httpx.Client | None = None
+    _client_lock = threading.Lock()
 
     @property
     def client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                timeout=DEFAULT_TIMEOUT,
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-                headers={"user-agent": "tidegate"},
-            )
-        return self._client
+        # Worker threads share one pool; two of them must not each build a client.
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._new_client()
+            return self._client
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
+            timeout=DEFAULT_TIMEOUT,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            headers={"user-agent": "tidegate"},
+        )
 
     def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request; transport failures become ``RetryableError``."""
@@ -84,9 +91,10 @@ class HttpDestination(Destination):
         return f"HTTP {status}: {body_preview(response)}"
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 def _host(url: str) -> str:

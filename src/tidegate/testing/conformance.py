@@ -288,7 +288,7 @@ class ConformanceKit:
             if proc.stderr is not None:
                 proc.stderr.close()
         killed = env.runs_table()[-1]
-        assert killed["status"] == "running" and 3 <= killed["batches"] < 30
+        assert killed["status"] == "running" and 3 <= killed["batches"] < 30, killed
         summary = env.run()
         assert summary["status"] == "succeeded"
         assert env.held() == env.expected()

@@ -1,0 +1,143 @@
+"""Scale benchmark: plan time and peak RSS for a large DuckDB model, against DuckDB's floor.
+
+Each measurement runs in a fresh process so peak RSS belongs to that run alone.
+The floor is what DuckDB itself takes to hash every row of two versions of the
+table and diff them with a full outer join: no planner can beat it by much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+COLUMNS = """
+    i as id, 'user' || i || '@example.com' as email, 'Name ' || i as name,
+    (hash(i) % 101)::integer as score, i % 3 = 0 as active, (i % 100000) * 1.25 as amount,
+    timestamp '2024-01-01' + to_seconds(i) as updated_at, 'segment_' || (i % 50) as segment
+"""
+
+PROJECT = """\
+name: bench
+sources:
+  warehouse: {type: duckdb, path: warehouse.duckdb}
+destinations:
+  out: {type: file, path: exports/, format: parquet}
+syncs:
+  accounts:
+    source: warehouse
+    table: accounts
+    primary_key: id
+    destination: out
+    object: accounts
+    mode: mirror
+"""
+
+
+def build(root: Path, rows: int) -> None:
+    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+        con.execute(f"create or replace table accounts as select {COLUMNS} from range({rows}) t(i)")
+    (root / "tidegate.yml").write_text(PROJECT, encoding="utf-8")
+
+
+def change(root: Path, every: int = 100) -> int:
+    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+        rows = con.execute(
+            f"update accounts set score = (score + 1) % 101 where id % {every} = 0"
+        ).fetchall()
+    return int(rows[0][0])
+
+
+def child_plan(root: str, record_state: bool) -> None:
+    """In a fresh process: one plan (and, for the first run, the state it leaves)."""
+    from tidegate.project import Project
+    from tidegate.sync import plan_only
+
+    started = time.perf_counter()
+    with Project.load(root) as project:
+        if record_state:
+            summary = project.run("accounts")
+            plan_s = summary_plan_s(project, summary["run_id"])
+        else:
+            plan_only(project, "accounts")
+            plan_s = time.perf_counter() - started
+    print(json.dumps({"plan_s": plan_s, "total_s": time.perf_counter() - started,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def summary_plan_s(project: Any, run_id: int) -> float:
+    return float(project.show(run_id)["timings"]["plan_s"])
+
+
+def floor(root: Path) -> float:
+    """DuckDB alone: hash both versions of the table, full outer join, count differences."""
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        con.execute("create temp table before as select * replace "
+                    "(case when id % 100 = 0 then (score + 100) % 101 else score end as score) "
+                    "from accounts")
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            con.execute(
+                "select count(*) from (select id, hash(a) h from accounts a) x "
+                "full outer join (select id, hash(b) h from before b) y using (id) "
+                "where x.h is distinct from y.h"
+            ).fetchall()
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure(rows: int, repeats: int = 3) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"tidegate-scale-{rows}-"))
+    try:
+        build(root, rows)
+        first = _child(root, record_state=True)
+        changed = change(root)
+        incremental = [_child(root, record_state=False) for _ in range(repeats)]
+        best = min(incremental, key=lambda r: r["plan_s"])
+        return {
+            "rows": rows,
+            "first_plan_s": round(first["plan_s"], 3),
+            "first_run_s": round(first["total_s"], 3),
+            "first_peak_rss_mb": round(first["peak_rss_mb"]),
+            "changed_rows": changed,
+            "changed_plan_s": round(best["plan_s"], 3),
+            "changed_peak_rss_mb": round(max(r["peak_rss_mb"] for r in incremental)),
+            "floor_s": round(floor(root), 3),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _child(root: Path, *, record_state: bool) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(root)] + (["--record"] if record_state else []),
+        check=True, capture_output=True, text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--child")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        child_plan(args.child, args.record)
+        return
+    for rows in args.rows:
+        print(json.dumps(measure(rows)))
+
+
+if __name__ == "__main__":
+    main()
