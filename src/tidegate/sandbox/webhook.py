@@ -22,7 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 TOLERANCE_S = 300
-Hook = Callable[[dict[str, Any]], None]
+# A hook that returns False drops the request unanswered, as a receiver that dies would.
+Hook = Callable[[dict[str, Any]], bool | None]
 
 
 def canonical(value: Any) -> str:
@@ -129,8 +130,8 @@ class WebhookReceiver:
             if msg_id and msg_id in self.seen:
                 status, answer = self.seen[msg_id]
                 return status, {"content-type": "application/json"}, answer
-        if self.before_apply is not None:
-            self.before_apply(body)
+        if self.before_apply is not None and self.before_apply(body) is False:
+            return 0, {}, b""
         results = self._apply(obj, operation, records)
         answer = json.dumps({"results": results} if self.per_record_results else {}).encode()
         with self.lock:
@@ -204,6 +205,9 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(int(self.headers.get("content-length", 0)))
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, extra, answer = receiver.handle(headers, raw)
+            if status == 0:
+                self.close_connection = True
+                return
             self._reply(status, extra, answer)
 
         def do_GET(self) -> None:
@@ -227,9 +231,10 @@ def serve(port: int, secret: str | None) -> None:
     """Run a receiver in the foreground, printing one line per batch."""
     receiver = WebhookReceiver(secret=secret, port=port)
 
-    def show(body: dict[str, Any]) -> None:
+    def show(body: dict[str, Any]) -> bool:
         print(f"{body.get('sync')} run {body.get('run_id')}: {body.get('operation')} "
               f"{len(body.get('records', []))} record(s) of {body.get('object')}", flush=True)
+        return True
 
     receiver.after_apply = show
     receiver.start()

@@ -1,0 +1,59 @@
+"""No secret appears in logs, state, run records, exceptions or --json output."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from conftest import SECRET
+from helpers import cli, project, sync, warehouse
+
+from tidegate.sandbox.webhook import WebhookReceiver
+
+PG_PASSWORD = "s3cret-pg-Passw0rd"
+
+
+def everything_written(root: Path) -> str:
+    """Every byte tidegate left in the project folder, plus every row of its state."""
+    parts = []
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix != ".duckdb":
+            parts.append(path.read_bytes().decode("utf-8", errors="replace"))
+    db = root / ".tidegate" / "state.db"
+    with sqlite3.connect(db) as conn:
+        for (table,) in conn.execute("select name from sqlite_master where type = 'table'"):
+            parts.append(json.dumps(conn.execute(f"select * from {table}").fetchall(),
+                                    default=str))
+    return "\n".join(parts)
+
+
+def test_secrets_never_leak(project_dir: Path, receiver: WebhookReceiver, pg_url: str) -> None:
+    warehouse(project_dir / "warehouse.duckdb", 40)
+    bad_pg = pg_url.replace("postgres@", f"postgres:{PG_PASSWORD}@").replace("127.0.0.1",
+                                                                             "127.0.0.1")
+    wrong_password_url = bad_pg.replace("postgres:", "nobody:")
+    project(
+        project_dir,
+        {
+            "hook": {"type": "webhook", "url": receiver.url, "secret": "${HOOK_SECRET}"},
+            "db": {"type": "postgres", "url": "${PG_URL}"},
+        },
+        {"accounts": sync(), "to_db": sync("db", object="public.accounts")},
+    )
+    env = {"HOOK_SECRET": SECRET, "PG_URL": wrong_password_url, "TIDEGATE_LOG": "debug"}
+    receiver.reject_keys([1], f"echoing your secret back: {SECRET}")
+    outputs = []
+    for args in (["run", "accounts"], ["run", "to_db"], ["runs"], ["show", "1"], ["show", "3"],
+                 ["validate", "--connections"], ["plan", "accounts"]):
+        for extra in ([], ["--json"]):
+            result = cli(*args, *extra, "--project", str(project_dir), env=env)
+            outputs += [result.stdout, result.stderr]
+    runs = json.loads(cli("runs", "to_db", "--project", str(project_dir), "--json",
+                          env=env).stdout)["runs"]
+    assert runs[0]["status"] == "failed" and "***" in runs[0]["error"]  # the URL was there
+    haystack = "\n".join(outputs) + everything_written(project_dir)
+    key = SECRET.removeprefix("whsec_")
+    for secret in (SECRET, key, PG_PASSWORD):
+        assert secret not in haystack, f"{secret[:6]}… leaked"
+    assert "echoing your secret back: ***" in haystack
