@@ -30,8 +30,8 @@ sources:
 destinations:
   crm:
     type: webhook
-    url: ${TIDEGATE_DEMO_URL}
-    secret: ${TIDEGATE_DEMO_SECRET}
+    url: ${TIDEGATE_DEMO_URL:-http://127.0.0.1:8790/hooks/tidegate}
+    secret: ${TIDEGATE_DEMO_SECRET:-}
 syncs:
   account_scores_to_crm:
     source: warehouse

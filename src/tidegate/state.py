@@ -77,7 +77,7 @@ def _read_store(store: Store, sync: str) -> pa.Table:
         result = conn.execution_options(stream_results=True, yield_per=_FETCH_ROWS).execute(
             sa.select(state_table.c.key, state_table.c.hash).where(state_table.c.sync == sync)
         )
-        for part in result.partitions():
+        for part in result.partitions(_FETCH_ROWS):
             keys, hashes = zip(*part, strict=True)
             batches.append(pa.record_batch(
                 [pa.array(keys, pa.string()), pa.array(hashes, pa.int64())], schema=STATE_SCHEMA

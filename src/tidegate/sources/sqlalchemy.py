@@ -85,7 +85,7 @@ class SQLAlchemySource(Source):
                 raise SourceError(f"source '{self.name}': {message}") from exc
             names = list(result.keys())
             schema: pa.Schema | None = None
-            for part in result.partitions():
+            for part in result.partitions(batch_rows):
                 batch = _to_batch(part, names, schema)
                 schema = batch.schema
                 yield batch
