@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+
 from conftest import SECRET
 from helpers import cli, project, sync, warehouse
-
 from tidegate.sandbox.webhook import WebhookReceiver
 
 
@@ -109,7 +109,8 @@ def test_a_query_with_a_sql_error_exits_2_naming_the_sync(project_dir: Path,
     result = cli("run", "accounts", "--project", str(project_dir), env=ENV)
     no_traceback(result)
     assert result.returncode == 2
-    assert re.search(r"tidegate.yml:\d+: syncs.accounts.query: the model query failed", result.stderr)
+    assert re.search(r"tidegate.yml:\d+: syncs.accounts.query: the model query failed",
+                     result.stderr)
     assert "nme" in result.stderr
     runs = json.loads(cli("runs", "--project", str(project_dir), "--json", env=ENV).stdout)
     assert runs["runs"][0]["status"] == "failed"  # the history tells the truth

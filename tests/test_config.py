@@ -150,7 +150,8 @@ def test_every_problem_is_reported_at_once(project_dir: Path) -> None:
 
 
 def test_mode_and_job_type_together_is_an_error(project_dir: Path) -> None:
-    write(project_dir, GOOD.replace("    job_type: upsert\n", "    job_type: upsert\n    mode: insert\n"))
+    both = "    job_type: upsert\n    mode: insert\n"
+    write(project_dir, GOOD.replace("    job_type: upsert\n", both))
     [message] = problems(project_dir)
     assert "not both" in message and "syncs.scores.job_type" in message
 

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from conftest import SECRET
 
+from conftest import SECRET
 from tidegate.sandbox.webhook import WebhookReceiver
 from tidegate.testing.conformance import ConformanceKit, RejectionScenarios, TransientScenarios
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
 from conftest import SECRET
 from helpers import project, sync, warehouse
-
 from tidegate import Project
 from tidegate.sandbox.webhook import WebhookReceiver
 

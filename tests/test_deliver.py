@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import ClassVar
 
 import pyarrow as pa
@@ -66,7 +67,7 @@ class Scripted(Destination):
     capabilities: ClassVar[Capabilities] = Capabilities(modes=frozenset({"upsert"}))
 
     def __init__(self, failures: list[Exception | None], delay: float = 0.0) -> None:
-        super().__init__("x", None, SyncTarget("s", "o", "upsert", (), (), __import__("pathlib").Path(".")))
+        super().__init__("x", None, SyncTarget("s", "o", "upsert", (), (), Path(".")))
         self.failures = list(failures)
         self.delay = delay
         self.calls = 0

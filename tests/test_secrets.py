@@ -8,7 +8,6 @@ from pathlib import Path
 
 from conftest import SECRET
 from helpers import cli, project, sync, warehouse
-
 from tidegate.sandbox.webhook import WebhookReceiver
 
 PG_PASSWORD = "s3cret-pg-Passw0rd"

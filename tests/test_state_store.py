@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import sqlalchemy as sa
+
 from conftest import SECRET
 from helpers import project, sync, warehouse
-
 from tidegate import Project
 from tidegate.sandbox.webhook import WebhookReceiver
 from tidegate.store import MIGRATIONS, Store, schema_table

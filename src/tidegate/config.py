@@ -317,7 +317,9 @@ def _collect_sync_file(doc: YamlDoc, into: dict[str, Located]) -> list[Problem]:
                 Problem(f"unknown key '{k}'", doc.file, doc.line_of((k,)), k,
                         "a sync file holds only `syncs:`, or one sync's keys")
             )
-        entries = [(n, b, ("syncs", n)) for n, b in (data["syncs"] or {}).items()]
+        entries: list[tuple[str, Any, Path_]] = [
+            (n, b, ("syncs", n)) for n, b in (data["syncs"] or {}).items()
+        ]
     else:
         name = str(data.get("name") or Path(doc.file).stem)
         body = {k: v for k, v in data.items() if k != "name"}
@@ -377,16 +379,15 @@ def _cross_check(
             dst = (sync.match.destination if isinstance(sync.match.destination, list)
                    else [sync.match.destination])
             path = (*loc.path, "match")
-            where = {"file": loc.doc.file, "line": loc.doc.line_of(path),
-                     "key": ".".join(map(str, path))}
+            file, line, key = loc.doc.file, loc.doc.line_of(path), ".".join(map(str, path))
             if len(src) != len(dst):
                 problems.append(Problem("`match.source` and `match.destination` must name "
-                                        "as many columns each", **where))
+                                        "as many columns each", file, line, key))
             elif sorted(src) != sorted(sync.key_columns):
                 problems.append(Problem(
                     f"`match.source` ({', '.join(src)}) must be the primary key "
-                    f"({', '.join(sync.key_columns)})", **where,
-                    fix="match on the primary key columns, or change `primary_key`"))
+                    f"({', '.join(sync.key_columns)})", file, line, key,
+                    "match on the primary key columns, or change `primary_key`"))
     return problems
 
 

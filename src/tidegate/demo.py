@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def run_demo(directory: Path | None, rows: int, out: Console, *, as_json: bool =
     (root / "tidegate.yml").write_text(PROJECT_YML, encoding="utf-8")
     build_warehouse(root / "warehouse.duckdb", rows)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    say = (lambda *_: None) if as_json else out.print
+    say: Callable[..., None] = (lambda *_: None) if as_json else out.print
     say(f"[bold]tidegate demo[/bold] in {root}: {rows:,} accounts in DuckDB → local webhook")
     with WebhookReceiver(secret=secret) as receiver:
         os.environ["TIDEGATE_DEMO_URL"] = receiver.url
@@ -122,7 +123,7 @@ def run_demo(directory: Path | None, rows: int, out: Console, *, as_json: bool =
     return 0 if ok else 1
 
 
-def _print_run(say: Any, s: dict[str, Any]) -> None:
+def _print_run(say: Callable[..., None], s: dict[str, Any]) -> None:
     p, d = s["planned"], s["delivered"]
     say(f"   run {s['run_id']} {s['status']}: planned added {p['added']:,}, changed "
         f"{p['changed']:,}, unchanged {p['unchanged']:,} → created {d['created']:,}, "

@@ -17,6 +17,7 @@ Tables of one plan (DuckDB, temporary):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -469,7 +470,7 @@ def _cuts(
 
 
 def _pairs(cuts: list[int]) -> list[tuple[int, int]]:
-    return list(zip(cuts, cuts[1:], strict=False))
+    return list(itertools.pairwise(cuts))
 
 
 def _q(name: str) -> str:

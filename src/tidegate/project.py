@@ -212,7 +212,7 @@ def _check_destinations(
     plugins: dict[str, type[Destination]] = {}
     for name, raw in settings.destinations.items():
         loc = dest_origin[name]
-        where = {"file": loc.doc.file, "line": loc.doc.line_of((*loc.path, "type"))}
+        file, line = loc.doc.file, loc.doc.line_of((*loc.path, "type"))
         kind = raw.get("type") if isinstance(raw, dict) else None
         if not kind:
             problems.append(Problem("required key 'type' is missing",
@@ -224,12 +224,13 @@ def _check_destinations(
             cls = destinations.load(str(kind))
         except KeyError:
             problems.append(unknown("destination type", str(kind), destinations.kinds(),
-                                    key=f"destinations.{name}.type", **where))
+                                    key=f"destinations.{name}.type", file=file, line=line))
             continue
         except ImportError as exc:
             problems.append(Problem(f"destination type '{kind}' cannot be loaded ({exc})",
                                     key=f"destinations.{name}.type",
-                                    fix=f"pip install 'tidegate[{kind}]'", **where))
+                                    fix=f"pip install 'tidegate[{kind}]'", file=file,
+                                    line=line))
             continue
         try:
             model = cls.config_model.model_validate(raw)

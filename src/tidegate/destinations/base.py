@@ -23,9 +23,10 @@ from typing import Any, ClassVar, Literal, final
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from tidegate.config import Mode
+from tidegate.config import MODES, Mode
 
 Operation = Literal["insert", "update", "upsert", "delete"]
+ALL_MODES: frozenset[Mode] = frozenset(MODES)
 
 
 class DestinationConfig(BaseModel):

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from tidegate.destinations.base import (
+    ALL_MODES,
     Batch,
     BatchResult,
     Capabilities,
@@ -32,7 +33,6 @@ from tidegate.destinations.base import Destination as _Destination
 from tidegate.errors import DestinationError
 
 Format = Literal["csv", "jsonl", "parquet"]
-ALL_MODES = frozenset({"insert", "update", "upsert", "delete", "mirror"})
 
 
 class FileConfig(DestinationConfig):

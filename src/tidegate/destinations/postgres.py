@@ -23,6 +23,7 @@ from psycopg import sql
 from pydantic import Field, SecretStr
 
 from tidegate.destinations.base import (
+    ALL_MODES,
     Batch,
     BatchResult,
     Capabilities,
@@ -33,7 +34,6 @@ from tidegate.destinations.base import (
 from tidegate.errors import ConfigError, DestinationError, Problem, RetryableError
 from tidegate.redact import redact, redact_url, register_url
 
-ALL_MODES = frozenset({"insert", "update", "upsert", "delete", "mirror"})
 _TEMP = "_tidegate_batch"
 
 

@@ -20,12 +20,16 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from tidegate.destinations.base import Batch, BatchResult, Capabilities, DestinationConfig
+from tidegate.destinations.base import (
+    ALL_MODES,
+    Batch,
+    BatchResult,
+    Capabilities,
+    DestinationConfig,
+)
 from tidegate.destinations.http import HttpDestination
 from tidegate.errors import DestinationError
 from tidegate.redact import redact, redact_url, register
-
-ALL_MODES = frozenset({"insert", "update", "upsert", "delete", "mirror"})
 
 
 class WebhookConfig(DestinationConfig):
