@@ -65,6 +65,9 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
         object=sync.object, full=full,
     )
     log.info("run %s of sync %s started", run_id, name)
+    if sync.guardrails:
+        log.warning("sync %s has guardrails, which this version of tidegate does not judge yet",
+                    name)
     timings: dict[str, float] = {}
     status, error = "failed", None
     config_error: ConfigError | None = None
