@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 
 from tidegate.config import Mode, SyncConfig
 from tidegate.destinations.base import Batch, Operation
+from tidegate.errors import SourceError
+from tidegate.sources.base import ModelQueryError
 
 # What each mode sends for each category of key (SPEC §3).
 SENDS: dict[Mode, dict[str, Operation]] = {
@@ -45,6 +47,19 @@ SENDS: dict[Mode, dict[str, Operation]] = {
 }
 _OP_ORDER = {"insert": 0, "upsert": 1, "update": 2, "delete": 3}
 _RECORD_OVERHEAD = 24  # bytes a record adds to a JSON body beyond its key and fields
+
+
+_ATTACHED = "__tidegate_model"
+
+
+@dataclass
+class AttachedModel:
+    """A model that lives in a DuckDB file: the planner reads it in place, in parallel,
+    instead of through an Arrow stream."""
+
+    path: str
+    sql: str
+    home: str = ""
 
 
 class MappingProblem(Exception):
@@ -174,16 +189,14 @@ class Plan:
             ]
         return out
 
-    def state_after(self, kept: list[tuple[str, int | None]], dropped: list[str]) -> pa.Table:
+    def state_after(self, kept: list[pa.Table], dropped: list[pa.Array]) -> pa.Table:
         """The (key, hash) state once ``kept`` were written and ``dropped`` removed."""
         cur = self.con.cursor()
         try:
             cur.register("known_before", self.known)
-            cur.register("kept", pa.table({
-                "key": pa.array([k for k, _ in kept], pa.string()),
-                "hash": pa.array([h for _, h in kept], pa.int64()),
-            }))
-            cur.register("dropped", pa.table({"key": pa.array(dropped, pa.string())}))
+            before = self.known.schema.empty_table()
+            cur.register("kept", pa.concat_tables(kept) if kept else before)
+            cur.register("dropped", pa.table({"key": pa.chunked_array(dropped, pa.string())}))
             return cur.sql(
                 "select key, hash from known_before "
                 "where key not in (select key from kept) and key not in (select key from dropped) "
@@ -215,7 +228,7 @@ class Planner:
         self.memory_limit = memory_limit
 
     def plan(
-        self, model: pa.RecordBatchReader, state: pa.Table, *, full: bool = False
+        self, model: pa.RecordBatchReader | AttachedModel, state: pa.Table, *, full: bool = False
     ) -> Plan:
         con, workdir = self._connect()
         try:
@@ -243,12 +256,13 @@ class Planner:
         self,
         con: duckdb.DuckDBPyConnection,
         workdir: Path | None,
-        model: pa.RecordBatchReader,
+        model: pa.RecordBatchReader | AttachedModel,
         state: pa.Table,
         full: bool,
     ) -> Plan:
         sync = self.sync
-        columns = list(model.schema.names)
+        source_sql, schema = self._open_model(con, model)
+        columns = list(schema.names)
         keys = sync.key_columns
         match = sync.match_columns
         mapping = self._mapping(columns)
@@ -264,7 +278,7 @@ class Planner:
         mapped = [dst for dst in mapping.values() if dst not in dict(match).values()] or [
             dst for dst in mapping.values()
         ]
-        types = {f.name: f.type for f in model.schema}
+        types = {f.name: f.type for f in schema}
         exprs = {dst: _normalised(_q(src), types[src]) for dst, src in record.items()}
         signature = json.dumps(
             {"object": sync.object, "record": list(record), "mapped": mapped}, sort_keys=True
@@ -277,20 +291,25 @@ class Planner:
         null_key = " or ".join(f"{_q(k)} is null" for k in keys)
         select = ", ".join(f"{expr} as {_q(dst)}" for dst, expr in exprs.items())
         fields_struct = ", ".join(f"{_q(f)} := {exprs[f]}" for f in mapped)
-        con.register("model_stream", model)
-        con.execute(
-            f"""
-            create temp table m as
-            select {key_json} as __key,
-                   case when {null_key} then 'primary key ({", ".join(keys)}) is null' end
-                       as __invalid,
-                   cast(hash(struct_pack({fields_struct}), $sig) >> 1 as bigint) as __hash,
-                   {select}
-            from model_stream
-            """,
-            {"sig": signature},
-        )
-        con.unregister("model_stream")
+        try:
+            con.execute(
+                f"""
+                create temp table m as
+                select {key_json} as __key,
+                       case when {null_key} then 'primary key ({", ".join(keys)}) is null' end
+                           as __invalid,
+                       cast(hash(struct_pack({fields_struct}), $sig) >> 1 as bigint) as __hash,
+                       {select}
+                from {source_sql}
+                """,
+                {"sig": signature},
+            )
+        except duckdb.Error as exc:
+            if isinstance(model, AttachedModel):
+                raise ModelQueryError(str(exc)) from exc
+            raise
+        finally:
+            self._close_model(con, model)
         con.execute(
             "create temp table dups as select __key, count(*) as n from m "
             "where __invalid is null group by __key having count(*) > 1"
@@ -327,6 +346,37 @@ class Planner:
             known=state,
             _workdir=workdir,
         )
+
+    def _open_model(
+        self, con: duckdb.DuckDBPyConnection, model: pa.RecordBatchReader | AttachedModel
+    ) -> tuple[str, pa.Schema]:
+        """The FROM clause that reads the model in ``con``, and the model's schema."""
+        if not isinstance(model, AttachedModel):
+            con.register("model_stream", model)
+            return "model_stream", model.schema
+        home = con.execute("select current_database()").fetchall()[0][0]
+        path = model.path.replace("'", "''")
+        try:
+            con.execute(f"attach '{path}' as {_ATTACHED} (read_only)")
+        except duckdb.Error as exc:  # locked by a writer, unreadable, not a DuckDB file
+            raise SourceError(f"cannot open the DuckDB file {model.path}: {exc}") from exc
+        con.execute(f"use {_ATTACHED}")  # the model's SQL names its tables unqualified
+        model.home = str(home)
+        try:
+            schema = con.sql(f"select * from ({model.sql}) limit 0").to_arrow_table().schema
+        except duckdb.Error as exc:
+            self._close_model(con, model)
+            raise ModelQueryError(str(exc)) from exc
+        return f"({model.sql})", schema
+
+    def _close_model(
+        self, con: duckdb.DuckDBPyConnection, model: pa.RecordBatchReader | AttachedModel
+    ) -> None:
+        if isinstance(model, AttachedModel):
+            con.execute(f'use "{model.home}"')
+            con.execute(f"detach {_ATTACHED}")
+        else:
+            con.unregister("model_stream")
 
     def _mapping(self, columns: list[str]) -> dict[str, str]:
         keys = self.sync.key_columns

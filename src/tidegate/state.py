@@ -180,8 +180,8 @@ def _bump(conn: sa.Connection, dialect: str, sync: str) -> int:
 @dataclass
 class Committed:
     delivered: dict[str, int]
-    kept: list[tuple[str, int | None]]
-    dropped: list[str]
+    kept: pa.Table  # (key, hash) written
+    dropped: pa.Array  # keys removed
     version: int
 
 
@@ -199,11 +199,17 @@ def commit_batch(
     Returns what this batch changed: delivered counts, the keys kept or dropped,
     and the state version after it.
     """
-    keep: list[dict[str, Any]] = []
+    keep: list[tuple[Any, ...]] = []
+    kept_keys: list[str] = []
+    kept_hashes: list[int | None] = []
     drop: list[str] = []
     delivered = {"created": 0, "updated": 0, "deleted": 0}
     op = out.batch.operation
     stamp = now()
+    # Rows go to the driver as plain tuples: a million of them is a first sync's
+    # normal size, and per-row dicts through the ORM layer cost seconds and memory.
+    stored_at: Any = stamp if store.dialect == "postgresql" else stamp.strftime(
+        "%Y-%m-%d %H:%M:%S.%f")
     for key, h, record, cat in zip(
         out.batch.keys, out.hashes, out.records, out.categories, strict=True
     ):
@@ -218,13 +224,12 @@ def commit_batch(
         if op == "delete" and cat == "removed":
             drop.append(key)
         else:
-            keep.append(
-                {"sync": sync, "key": key, "hash": h, "record": record,
-                 "run_id": run_id, "updated_at": stamp}
-            )
+            keep.append((sync, key, h, record, run_id, stored_at))
+            kept_keys.append(key)
+            kept_hashes.append(h)
     with store.engine.begin() as conn:
         if keep:
-            conn.execute(_upsert(store.dialect), keep)
+            conn.exec_driver_sql(_UPSERT[store.dialect], keep)
         for chunk in _chunks(drop, 500):
             conn.execute(
                 state_table.delete().where(
@@ -248,25 +253,22 @@ def commit_batch(
         version = _bump(conn, store.dialect, sync)
     return Committed(
         delivered=delivered,
-        kept=[(row["key"], row["hash"]) for row in keep],
-        dropped=drop,
+        kept=pa.table({"key": pa.array(kept_keys, pa.string()),
+                       "hash": pa.array(kept_hashes, pa.int64())}),
+        dropped=pa.array(drop, pa.string()),
         version=version,
     )
 
 
-def _upsert(dialect: str) -> Any:
-    insert = postgresql.insert(state_table) if dialect == "postgresql" else sqlite.insert(
-        state_table
-    )
-    return insert.on_conflict_do_update(
-        index_elements=[state_table.c.sync, state_table.c.key],
-        set_={
-            "hash": insert.excluded.hash,
-            "record": insert.excluded.record,
-            "run_id": insert.excluded.run_id,
-            "updated_at": insert.excluded.updated_at,
-        },
-    )
+_UPSERT_TAIL = (
+    "(sync, key, hash, record, run_id, updated_at) values ({p}, {p}, {p}, {p}, {p}, {p}) "
+    "on conflict (sync, key) do update set hash = excluded.hash, record = excluded.record, "
+    "run_id = excluded.run_id, updated_at = excluded.updated_at"
+)
+_UPSERT = {
+    "sqlite": "insert into tidegate_state " + _UPSERT_TAIL.format(p="?"),
+    "postgresql": "insert into tidegate_state " + _UPSERT_TAIL.format(p="%s"),
+}
 
 
 def _record_rejected(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import pyarrow as pa
 
 from tidegate import runs, state
 from tidegate.config import Located, SyncConfig
@@ -34,8 +35,9 @@ log = logging.getLogger("tidegate")
 def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, Any]:
     """The plan of ``name`` with samples; nothing is sent or recorded."""
     sync = project.sync(name)
+    timings: dict[str, float] = {}
     try:
-        plan, source, known = _make_plan(project, name, sync, full, NullReporter(), {})
+        plan, source, known = _make_plan(project, name, sync, full, NullReporter(), timings)
     except ConfigError as exc:
         raise _locate(exc, project, name) from None
     try:
@@ -50,6 +52,7 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
             "to_send": dict(plan.to_send),
             "invalid_reasons": plan.invalid_reasons,
             "samples": plan.samples(),
+            "timings": timings,
         }
     finally:
         plan.close()
@@ -116,8 +119,8 @@ class Progress:
     """What this run committed, so the state it leaves can be kept as a snapshot."""
 
     version: int
-    kept: list[tuple[str, int | None]] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
+    kept: list[pa.Table] = field(default_factory=list)
+    dropped: list[pa.Array] = field(default_factory=list)
     exact: bool = True  # False once a commit may or may not have happened
 
 
@@ -142,7 +145,7 @@ def _make_plan(
     source = project.source(sync.source)
     try:
         log.info("extracting %s from source %s", name, sync.source)
-        model = source.read(sync.sql)
+        model = source.in_place(sync.sql) or source.read(sync.sql)
         known = state.read_hashes(project.store, name, project.snapshot_dir)
         planner = Planner(
             name, sync, workdir=project.root / ".tidegate" / "work",
@@ -189,8 +192,8 @@ def _deliver(
         done = state.commit_batch(
             project.store, sync=name, mode=sync.mode, run_id=run_id, out=out, rejected=rejected
         )
-        progress.kept += done.kept
-        progress.dropped += done.dropped
+        progress.kept.append(done.kept)
+        progress.dropped.append(done.dropped)
         progress.version = done.version
         progress.exact = True
         reporter.advance(len(out.batch))

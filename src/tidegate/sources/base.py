@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from tidegate.errors import SourceError
+
+if TYPE_CHECKING:
+    from tidegate.plan import AttachedModel
 
 
 class ModelQueryError(SourceError):
@@ -22,6 +26,10 @@ class Source(ABC):
     @abstractmethod
     def read(self, sql: str, batch_rows: int = 100_000) -> pa.RecordBatchReader:
         """Stream the rows of ``sql``; raise ModelQueryError or SourceError."""
+
+    def in_place(self, sql: str) -> AttachedModel | None:
+        """The model as a DuckDB file the planner can read in place, when it is one."""
+        return None
 
     @abstractmethod
     def check(self) -> None:

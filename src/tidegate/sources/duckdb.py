@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from tidegate.config import DuckDBSourceConfig
 from tidegate.errors import SourceError
+from tidegate.plan import AttachedModel
 from tidegate.redact import redact
 from tidegate.sources.base import ModelQueryError, Source
 
@@ -51,6 +52,16 @@ class DuckDBSource(Source):
             raise ModelQueryError(redact(str(exc))) from exc
         except duckdb.Error as exc:
             raise SourceError(f"source '{self.name}': {redact(str(exc))}") from exc
+
+    def in_place(self, sql: str) -> AttachedModel | None:
+        if self.path == ":memory:":
+            return None
+        if not Path(self.path).exists():
+            raise SourceError(
+                f"source '{self.name}': DuckDB file {self.path} does not exist; "
+                "check `path` in tidegate.yml"
+            )
+        return AttachedModel(path=self.path, sql=sql)
 
     def check(self) -> None:
         self._connect().execute("select 1").fetchall()
