@@ -57,24 +57,21 @@ def change(root: Path, every: int = 100) -> int:
     return int(rows[0][0])
 
 
-def child_plan(root: str, record_state: bool) -> None:
-    """In a fresh process: one plan (and, for the first run, the state it leaves)."""
+def child(root: str, action: str) -> None:
+    """In a fresh process: plan only, or a whole run; print its figures as JSON."""
     from tidegate.project import Project
     from tidegate.sync import plan_only
 
     started = time.perf_counter()
     with Project.load(root) as project:
-        if record_state:
+        if action == "run":
             summary = project.run("accounts")
-            plan_s = summary_plan_s(project, summary["run_id"])
+            assert summary["status"] == "succeeded", summary
+            plan_s = float(project.show(summary["run_id"])["timings"]["plan_s"])
         else:
-            plan_s = plan_only(project, "accounts")["timings"]["plan_s"]
+            plan_s = float(plan_only(project, "accounts")["timings"]["plan_s"])
     print(json.dumps({"plan_s": plan_s, "total_s": time.perf_counter() - started,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-
-
-def summary_plan_s(project: Any, run_id: int) -> float:
-    return float(project.show(run_id)["timings"]["plan_s"])
 
 
 def floor(root: Path) -> float:
@@ -99,27 +96,29 @@ def measure(rows: int, repeats: int = 3) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"tidegate-scale-{rows}-"))
     try:
         build(root, rows)
-        first = _child(root, record_state=True)
+        first_plan = _child(root, "plan")
+        first_run = _child(root, "run")
         changed = change(root)
-        incremental = [_child(root, record_state=False) for _ in range(repeats)]
+        incremental = [_child(root, "plan") for _ in range(repeats)]
         best = min(incremental, key=lambda r: r["plan_s"])
         return {
             "rows": rows,
-            "first_plan_s": round(first["plan_s"], 3),
-            "first_run_s": round(first["total_s"], 3),
-            "first_peak_rss_mb": round(first["peak_rss_mb"]),
+            "first_plan_s": round(first_plan["plan_s"], 3),
+            "first_plan_peak_rss_mb": round(first_plan["peak_rss_mb"]),
+            "first_run_s": round(first_run["total_s"], 3),
+            "first_run_peak_rss_mb": round(first_run["peak_rss_mb"]),
             "changed_rows": changed,
             "changed_plan_s": round(best["plan_s"], 3),
-            "changed_peak_rss_mb": round(max(r["peak_rss_mb"] for r in incremental)),
+            "changed_plan_peak_rss_mb": round(max(r["peak_rss_mb"] for r in incremental)),
             "floor_s": round(floor(root), 3),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _child(root: Path, *, record_state: bool) -> dict[str, Any]:
+def _child(root: Path, action: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(root)] + (["--record"] if record_state else []),
+        [sys.executable, __file__, "--child", str(root), "--action", action],
         check=True, capture_output=True, text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -129,10 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--child")
-    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--action", choices=["plan", "run"], default="plan")
     args = parser.parse_args()
     if args.child:
-        child_plan(args.child, args.record)
+        child(args.child, args.action)
         return
     for rows in args.rows:
         print(json.dumps(measure(rows)))

@@ -92,9 +92,10 @@ class Scripted(Destination):
 
 
 def outgoing(key: str) -> Outgoing:
-    batch = Batch(id=key, operation="upsert", keys=[key], fields_json=["{}"],
-                  table=pa.table({"id": [key]}))
-    return Outgoing(batch=batch, hashes=[1], records=["{}"], categories=["added"])
+    batch = Batch(id=key, operation="upsert", keys=[key], table=pa.table({"id": [key]}),
+                  fields=pa.array(["{}"]))
+    meta = pa.table({"__hash": [1], "__record": ["{}"], "__cat": ["added"]})
+    return Outgoing(batch=batch, meta=meta)
 
 
 def test_retries_honour_retry_after_and_back_off() -> None:

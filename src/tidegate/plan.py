@@ -24,6 +24,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ SENDS: dict[Mode, dict[str, Operation]] = {
 }
 _OP_ORDER = {"insert": 0, "upsert": 1, "update": 2, "delete": 3}
 _RECORD_OVERHEAD = 24  # bytes a record adds to a JSON body beyond its key and fields
+_CHUNK_ROWS = 20_000  # rows per read from DuckDB while cutting batches: bounds memory
 
 
 _ATTACHED = "__tidegate_model"
@@ -84,12 +86,26 @@ class PlanCounts:
 
 @dataclass
 class Outgoing:
-    """A batch ready for the destination, with what state needs once it is acknowledged."""
+    """A batch ready for the destination, with what state needs once it is acknowledged.
+
+    The state columns stay Arrow until the batch is committed, so batches in
+    flight hold no Python object per record beyond their keys.
+    """
 
     batch: Batch
-    hashes: list[int | None]
-    records: list[str | None]
-    categories: list[str]
+    meta: pa.Table  # __hash, __record, __cat
+
+    @cached_property
+    def hashes(self) -> list[int | None]:
+        return list(self.meta.column("__hash").to_pylist())
+
+    @cached_property
+    def records(self) -> list[str | None]:
+        return list(self.meta.column("__record").to_pylist())
+
+    @cached_property
+    def categories(self) -> list[str]:
+        return list(self.meta.column("__cat").to_pylist())
 
 
 @dataclass
@@ -119,7 +135,7 @@ class Plan:
         self.con.execute("set preserve_insertion_order = true")
         reader = self.con.sql(
             f"select __op, __cat, __key, __hash, __fields, __record, {cols} from send"
-        ).to_arrow_reader(max(max_records, 50_000))
+        ).to_arrow_reader(_CHUNK_ROWS)
         carry: pa.Table | None = None
         for chunk in reader:
             table = pa.Table.from_batches([chunk])
@@ -137,24 +153,17 @@ class Plan:
     def _outgoing(self, table: pa.Table) -> Outgoing:
         op: Operation = table.column("__op")[0].as_py()
         keys = table.column("__key").to_pylist()
-        hashes = table.column("__hash").to_pylist()
         digest = hashlib.sha256(f"{self.sync}\n{op}\n".encode())
         digest.update("\n".join(keys).encode())
         digest.update(table.column("__hash").fill_null(0).to_numpy().tobytes())
-        fields = table.column("__fields").to_pylist()
         batch = Batch(
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
             keys=keys,
-            fields_json=[f if f is not None else "{}" for f in fields],
             table=table.select(self.record_fields),
+            fields=None if op == "delete" else table.column("__fields"),
         )
-        return Outgoing(
-            batch=batch,
-            hashes=hashes,
-            records=table.column("__record").to_pylist(),
-            categories=table.column("__cat").to_pylist(),
-        )
+        return Outgoing(batch=batch, meta=table.select(["__hash", "__record", "__cat"]))
 
     def invalid_rows(self) -> Iterator[tuple[str, str, str]]:
         """(key, reason, record JSON) of every invalid row."""
@@ -169,9 +178,14 @@ class Plan:
     def samples(self, limit: int = 5) -> dict[str, list[dict[str, Any]]]:
         """A few rows of each category, for people reading the plan."""
         out: dict[str, list[dict[str, Any]]] = {}
+        fields_json = f"to_json(struct_pack({_struct_args(self.mapped_fields, 'm.')}))"
         for cat in ("added", "changed", "removed"):
+            # Straight from diff: a top-N, not the full sort the send view does.
             rows = self.con.execute(
-                "select __key, __fields from send where __cat = ? order by __key limit ?",
+                f"with top as (select __key, __rid from diff where __cat = ? "
+                f"order by __key limit ?) "
+                f"select t.__key, case when t.__rid is null then null else {fields_json} end "
+                "from top t left join m on m.rowid = t.__rid order by t.__key",
                 [cat, limit],
             ).fetchall()
             if rows:
@@ -249,6 +263,7 @@ class Planner:
         else:
             con = duckdb.connect()
         con.execute(f"set memory_limit = '{self.memory_limit}'")
+        con.execute("set enable_progress_bar = false")
         con.execute("set preserve_insertion_order = false")
         return con, workdir
 
@@ -320,10 +335,10 @@ class Planner:
                 " from dups where m.__key = dups.__key"
             )
         con.register("st", state)
-        self._diff(con, record, keys, full)
+        self._diff(con, full)
         con.unregister("st")
         counts = self._counts(con)
-        to_send = self._send_view(con, record, mapped)
+        to_send = self._send_view(con, record, mapped, keys)
         reasons = dict(
             con.execute(
                 "select __invalid, count(*) from m where __invalid is not null group by 1"
@@ -421,27 +436,12 @@ class Planner:
             invalid=invalid,
         )
 
-    def _diff(
-        self, con: duckdb.DuckDBPyConnection, record: dict[str, str], keys: list[str], full: bool
-    ) -> None:
-        """One join with state keeps every key whose fate is not "unchanged", with its record.
+    def _diff(self, con: duckdb.DuckDBPyConnection, full: bool) -> None:
+        """One join with state keeps every key whose fate is not "unchanged".
 
-        A removed key's record is gone from the model; its match fields are read
-        back from the key's JSON so a delete can name the record.
+        Only keys, hashes and the model row's id are kept: the record itself is
+        read from ``m`` when it is sent, so a first run does not copy the model.
         """
-        match = dict(self.sync.match_columns)
-        m_types = {r[0]: str(r[1]) for r in con.execute("describe m").fetchall()}
-        cols = []
-        for dst, src in record.items():
-            if src in keys and match.get(src) == dst:
-                path = "$" if len(keys) == 1 else f"$.{json.dumps(src)}"
-                sql_type = m_types.get(dst, "VARCHAR")
-                sql_type = "VARCHAR" if sql_type.strip('"') == "NULL" else sql_type
-                removed = f"cast(json_extract_string(s.key, '{path}') as {sql_type})"
-                cols.append(f"case when v.__key is null then {removed} else v.{_q(dst)} end "
-                            f"as {_q(dst)}")
-            else:
-                cols.append(f"v.{_q(dst)}")
         changed = "true" if full else "v.__hash <> s.hash"
         con.execute(
             f"""
@@ -449,8 +449,8 @@ class Planner:
             select coalesce(v.__key, s.key) as __key,
                    case when v.__key is null then 'removed'
                         when s.key is null then 'added' else 'changed' end as __cat,
-                   v.__hash, {", ".join(cols)}
-            from (select * exclude (__invalid) from m where __invalid is null) v
+                   v.__hash, v.__rid
+            from (select __key, __hash, rowid as __rid from m where __invalid is null) v
             full outer join st s on v.__key = s.key
             where v.__key is null or s.key is null or {changed}
             """
@@ -459,20 +459,44 @@ class Planner:
             "delete from diff where __cat = 'removed' and __key in (select __key from dups)"
         )
 
+    def _record_columns(
+        self, con: duckdb.DuckDBPyConnection, record: dict[str, str], keys: list[str]
+    ) -> list[str]:
+        """The record's columns from ``m``; a removed key's match fields from its JSON."""
+        match = dict(self.sync.match_columns)
+        m_types = {r[0]: str(r[1]) for r in con.execute("describe m").fetchall()}
+        cols = []
+        for dst, src in record.items():
+            if src in keys and match.get(src) == dst:
+                path = "$" if len(keys) == 1 else f"$.{json.dumps(src)}"
+                sql_type = m_types.get(dst, "VARCHAR")
+                sql_type = "VARCHAR" if sql_type.strip('"') == "NULL" else sql_type
+                removed = f"cast(json_extract_string(d.__key, '{path}') as {sql_type})"
+                cols.append(f"case when d.__rid is null then {removed} else m.{_q(dst)} end "
+                            f"as {_q(dst)}")
+            else:
+                cols.append(f"m.{_q(dst)}")
+        return cols
+
     def _send_view(
-        self, con: duckdb.DuckDBPyConnection, record: dict[str, str], mapped: list[str]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        record: dict[str, str],
+        mapped: list[str],
+        keys: list[str],
     ) -> dict[Operation, int]:
         sends = SENDS[self.sync.mode]
-        op_case = "case __cat " + " ".join(
+        op_case = "case d.__cat " + " ".join(
             f"when '{cat}' then '{op}'" for cat, op in sends.items()
         ) + " end"
-        ord_case = "case __cat " + " ".join(
+        ord_case = "case d.__cat " + " ".join(
             f"when '{cat}' then {_OP_ORDER[op]}" for cat, op in sends.items()
         ) + " end"
         present = "__cat <> 'removed'"
         fields_json = f"to_json(struct_pack({_struct_args(mapped)}))"
         record_json = f"to_json(struct_pack({_struct_args(list(record))}))"
         cats = ", ".join(f"'{c}'" for c in sends)
+        cols = ", ".join(self._record_columns(con, record, keys))
         # JSON is made after the sort, so the sort moves narrow rows.
         con.execute(
             f"""
@@ -481,11 +505,16 @@ class Planner:
                    case when {present} then {fields_json} end as __fields,
                    case when {present} then {record_json} end as __record,
                    {", ".join(_q(c) for c in record)}
-            from (select *, {op_case} as __op, {ord_case} as __ord from diff
-                  where __cat in ({cats}) order by __ord, __key)
+            from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key, d.__hash,
+                         {cols}
+                  from diff d left join m on m.rowid = d.__rid
+                  where d.__cat in ({cats}) order by __ord, __key)
             """
         )
-        return dict(con.execute("select __op, count(*) from send group by 1").fetchall())
+        return dict(con.execute(
+            "select __op, count(*) from (select "
+            f"{op_case} as __op from diff d where d.__cat in ({cats})) group by 1"
+        ).fetchall())
 
 
 def _cuts(
@@ -527,8 +556,8 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _struct_args(names: list[str]) -> str:
-    return ", ".join(f"{_q(n)} := {_q(n)}" for n in names)
+def _struct_args(names: list[str], prefix: str = "") -> str:
+    return ", ".join(f"{_q(n)} := {prefix}{_q(n)}" for n in names)
 
 
 def _normalised(expr: str, arrow_type: pa.DataType) -> str:

@@ -52,7 +52,7 @@ class Project:
         self.root = config.root
         self._store: Store | None = None
         self.retry = RetryPolicy()
-        self.memory_limit = os.environ.get("TIDEGATE_MEMORY_LIMIT", "512MB")
+        self.memory_limit = os.environ.get("TIDEGATE_MEMORY_LIMIT", "256MB")
 
     @classmethod
     def load(cls, path: str | Path = ".", env: Mapping[str, str] | None = None) -> Project:

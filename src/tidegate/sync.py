@@ -20,7 +20,7 @@ from tidegate import runs, state
 from tidegate.config import Located, SyncConfig
 from tidegate.deliver import Deliverer
 from tidegate.destinations.base import BatchResult, Destination
-from tidegate.errors import ConfigError, Problem, TidegateError
+from tidegate.errors import ConfigError, FatalError, Problem, TidegateError
 from tidegate.plan import MappingProblem, Outgoing, Plan, Planner
 from tidegate.progress import NullReporter, Reporter
 from tidegate.redact import redact
@@ -54,6 +54,8 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
             "samples": plan.samples(),
             "timings": timings,
         }
+    except duckdb.OutOfMemoryException as exc:
+        raise out_of_memory(project) from exc
     finally:
         plan.close()
         source.close()
@@ -159,6 +161,9 @@ def _make_plan(
     except MappingProblem as exc:
         source.close()
         raise ConfigError(Problem(exc.message, key=exc.key, fix=exc.fix)) from exc
+    except duckdb.OutOfMemoryException as exc:
+        source.close()
+        raise out_of_memory(project) from exc
     except BaseException:
         source.close()
         raise
@@ -205,7 +210,17 @@ def _deliver(
         destination, concurrency=concurrency, rate=min(rates) if rates else None,
         retry=project.retry,
     )
-    deliverer.run(plan.outgoing(batch_size, caps.max_bytes), on_result)
+    try:
+        deliverer.run(plan.outgoing(batch_size, caps.max_bytes), on_result)
+    except duckdb.OutOfMemoryException as exc:
+        raise out_of_memory(project) from exc
+
+
+def out_of_memory(project: Project) -> FatalError:
+    return FatalError(
+        f"planning needed more than its memory limit ({project.memory_limit}); set "
+        "TIDEGATE_MEMORY_LIMIT higher (e.g. TIDEGATE_MEMORY_LIMIT=2GB) and run again"
+    )
 
 
 def _invalid_summary(reasons: dict[str, int]) -> str:

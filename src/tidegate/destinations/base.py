@@ -67,19 +67,26 @@ class Batch:
     """One request's worth of records, all of one operation.
 
     ``keys`` are the records' primary keys as JSON text (a JSON object when the
-    key has several columns). ``fields_json`` holds each record's mapped values
-    as JSON text (without the match fields); ``table`` holds match fields and
-    mapped fields as typed Arrow columns, in the same order as ``keys``.
+    key has several columns). ``table`` holds match fields and mapped fields as
+    typed Arrow columns, in the same order as ``keys``; ``fields_json`` gives
+    each record's mapped values (without the match fields) as JSON text, made
+    into Python strings only for a destination that asks for them.
     """
 
     id: str
     operation: Operation
     keys: list[str]
-    fields_json: list[str]
     table: pa.Table
+    fields: pa.Array | pa.ChunkedArray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @cached_property
+    def fields_json(self) -> list[str]:
+        if self.fields is None:
+            return ["{}"] * len(self.keys)
+        return [f if f is not None else "{}" for f in self.fields.to_pylist()]
 
     @cached_property
     def key_values(self) -> list[Any]:

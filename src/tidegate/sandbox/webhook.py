@@ -1,19 +1,31 @@
 """A local webhook receiver that follows tidegate's webhook contract (SPEC §6).
 
-It verifies Standard Webhooks signatures, deduplicates by ``webhook-id``,
-applies each batch to an in-memory store per object, and answers with
-per-record ``results``. Tests, ``tidegate demo`` and users rehearsing a sync
-use it; its fault knobs (``fail_next``, ``reject_keys``, ``before_apply`` /
-``after_apply`` hooks, ``delay``) reproduce what real receivers do.
+It owns the receiving side of the contract as our users are told to write it:
+Standard Webhooks signature check (constant-time, 5-minute timestamp
+tolerance), deduplication by ``webhook-id``, one in-memory store per object,
+and per-record ``results``. Tests, ``tidegate demo`` and users rehearsing a
+sync (``tidegate sandbox webhook``) use it.
+
+Its fault knobs reproduce what real receivers do and can be turned while it
+runs: ``fail_next`` (transient statuses with ``Retry-After``), ``drop_next``
+(connection closed unanswered), ``reject_keys`` (per-record rejections),
+``delay``, ``before_apply`` / ``after_apply`` hooks (block a request, or drop it
+before or after it was applied), and ``down`` / ``up`` (connection refused).
+
+The signature check is written here independently of the destination's
+signing code on purpose: each is a check on the other.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,24 +33,58 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tidegate.errors import ConfigError, Problem
+
 TOLERANCE_S = 300
-# A hook that returns False drops the request unanswered, as a receiver that dies would.
+OPERATIONS = frozenset({"insert", "update", "upsert", "delete"})
+PATH = "/hooks/tidegate"
+_JOIN_TIMEOUT_S = 5.0
+_POLL_S = 0.05  # how fast stop() is noticed; the default 0.5 s slows every test
+
+# Called with the parsed body; returning False drops the request unanswered, as a
+# receiver (or the network) that dies mid-request would. It may block to hold it.
 Hook = Callable[[dict[str, Any]], bool | None]
+Reply = tuple[int | None, dict[str, str], bytes]  # status None: close without answering
 
 
 def canonical(value: Any) -> str:
+    """The store's key form: equal JSON values give equal text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-@dataclass
-class Failure:
-    status: int
-    retry_after: float | None
-    body: str
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ValueError naming the problem."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("the secret must look like whsec_<base64 key>")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part of the secret after whsec_ is not valid base64") from None
+    if not key:
+        raise ValueError("the key after whsec_ is empty")
+    return key
+
+
+@dataclass(frozen=True)
+class _Failure:
+    status: int | None  # None: drop the connection unanswered
+    retry_after: float | None = None
+    body: str = ""
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class WebhookReceiver:
-    """An in-memory receiver on 127.0.0.1; use as a context manager."""
+    """An in-memory, thread-safe receiver on ``host:port``; use as a context manager.
+
+    ``per_record_results=False`` answers ``{}`` when every record is accepted
+    and lists ``results`` only when some record is rejected. ``log`` receives
+    one human-readable line per request.
+    """
 
     def __init__(
         self,
@@ -47,38 +93,67 @@ class WebhookReceiver:
         port: int = 0,
         *,
         per_record_results: bool = True,
+        before_apply: Hook | None = None,
+        after_apply: Hook | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        self.key = base64.b64decode(secret.removeprefix("whsec_")) if secret else None
+        self.key = decode_secret(secret) if secret else None
         self.per_record_results = per_record_results
-        self.lock = threading.Lock()
-        self.store: dict[str, dict[str, dict[str, Any]]] = {}
-        self.seen: dict[str, tuple[int, bytes]] = {}
+        self.before_apply = before_apply
+        self.after_apply = after_apply
+        self.log = log
+        self.delay = 0.0
         self.batches: list[dict[str, Any]] = []
         self.request_count = 0
-        self.failures: list[Failure] = []
-        self.rejections: dict[str, str] = {}
-        self.delay = 0.0
-        self.before_apply: Hook | None = None
-        self.after_apply: Hook | None = None
-        self._server = _Server((host, port), _handler(self))
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # a webhook-id finished processing
+        self._store: dict[str, dict[str, dict[str, Any]]] = {}
+        self._answers: dict[str, tuple[int, bytes]] = {}
+        self._in_flight: set[str] = set()
+        self._failures: list[_Failure] = []
+        self._rejections: dict[str, str] = {}
+        self._open: dict[socket.socket, threading.Thread] = {}
+        self._host = host
+        self._server: _Server | None = self._bind(port)
+        self._port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
+
+    # Lifecycle -----------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/hooks/tidegate"
+        return f"http://{self._host}:{self._port}{PATH}"
 
     def start(self) -> WebhookReceiver:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="tidegate-webhook-receiver")
-        self._thread.start()
+        if self._server is None:
+            self._server = self._bind(self._port)
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(_POLL_S,), daemon=True,
+                name="tidegate-webhook-receiver",
+            )
+            self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        """Stop listening, close open connections and wait for their threads."""
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        if server is None:
+            return
+        if thread is not None:
+            server.shutdown()
+            thread.join()
+        server.server_close()
+        self._close_connections()
+
+    def down(self) -> None:
+        """Stop listening, keeping the records: senders get connection refused."""
+        self.stop()
+
+    def up(self) -> None:
+        """Listen again on the same port after ``down()``."""
+        self.start()
 
     def __enter__(self) -> WebhookReceiver:
         return self.start()
@@ -86,97 +161,188 @@ class WebhookReceiver:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # Fault knobs -------------------------------------------------------------
+    # Fault knobs ---------------------------------------------------------------
 
     def fail_next(self, n: int, status: int = 503, retry_after: float | None = None,
                   body: str = "temporarily unavailable") -> None:
-        """Answer the next ``n`` requests with ``status`` and apply nothing (0 clears)."""
-        with self.lock:
-            self.failures = [Failure(status, retry_after, body) for _ in range(n)]
+        """Answer the next ``n`` requests with ``status``, applying nothing (0 clears)."""
+        with self._lock:
+            self._failures = [_Failure(status, retry_after, body)] * n
+
+    def drop_next(self, n: int) -> None:
+        """Close the connection of the next ``n`` requests without answering or applying."""
+        with self._lock:
+            self._failures = [_Failure(None)] * n
 
     def reject_keys(self, keys: Iterable[Any], error: str = "rejected by the receiver") -> None:
-        """Reject records whose key is one of ``keys`` (an empty list clears)."""
-        with self.lock:
-            self.rejections = {canonical(k): error for k in keys}
+        """Always reject records whose key value is in ``keys`` (an empty list clears)."""
+        with self._lock:
+            self._rejections = {canonical(k): error for k in keys}
 
     # Inspection ----------------------------------------------------------------
 
     def records(self, obj: str) -> dict[str, dict[str, Any]]:
         """What the receiver holds for ``obj``: canonical key JSON → fields."""
-        with self.lock:
-            return {k: dict(v) for k, v in self.store.get(obj, {}).items()}
+        with self._lock:
+            return {k: dict(v) for k, v in self._store.get(obj, {}).items()}
 
     # Handling ------------------------------------------------------------------
 
-    def handle(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        with self.lock:
+    def _handle(self, headers: dict[str, str], raw: bytes) -> Reply:
+        with self._lock:
             self.request_count += 1
-            failure = self.failures.pop(0) if self.failures else None
+            failure = self._failures.pop(0) if self._failures else None
         if self.delay:
             time.sleep(self.delay)
         if failure is not None:
-            extra = {"retry-after": str(failure.retry_after)} if failure.retry_after else {}
-            return failure.status, extra, failure.body.encode()
-        problem = self._verify(headers, raw)
-        if problem is not None:
-            return 401, {}, problem.encode()
+            self._say(f"injected failure: {failure.status or 'dropped connection'}")
+            return _failure_reply(failure)
         try:
-            body = json.loads(raw)
-            records, operation, obj = body["records"], body["operation"], body["object"]
-        except (ValueError, KeyError, TypeError):
-            return 400, {}, b"malformed batch"
-        msg_id = headers.get("webhook-id", "")
-        with self.lock:
-            if msg_id and msg_id in self.seen:
-                status, answer = self.seen[msg_id]
-                return status, {"content-type": "application/json"}, answer
-        if self.before_apply is not None and self.before_apply(body) is False:
-            return 0, {}, b""
-        results = self._apply(obj, operation, records)
-        answer = json.dumps({"results": results} if self.per_record_results else {}).encode()
-        with self.lock:
-            self.batches.append({"id": msg_id, "operation": operation, "count": len(records)})
-            if msg_id:
-                self.seen[msg_id] = (200, answer)
-        if self.after_apply is not None:
-            self.after_apply(body)
-        return 200, {"content-type": "application/json"}, answer
+            self._verify(headers, raw)
+            body = _parse(raw)
+        except _BadRequest as exc:
+            self._say(f"refused a request: HTTP {exc.status} {exc}")
+            return exc.status, {"content-type": "text/plain"}, str(exc).encode()
+        return self._deliver(headers.get("webhook-id", ""), body)
 
-    def _verify(self, headers: dict[str, str], raw: bytes) -> str | None:
+    def _deliver(self, msg_id: str, body: dict[str, Any]) -> Reply:
+        """Apply a batch once per webhook-id; a repeat gets the first answer again."""
+        with self._idle:
+            # A retry can arrive while the first attempt is still being applied.
+            while msg_id and msg_id in self._in_flight:
+                self._idle.wait()
+            if msg_id in self._answers:
+                status, answer = self._answers[msg_id]
+                self._say(f"batch {msg_id}: duplicate webhook-id, answered again")
+                return status, _JSON, answer
+            if msg_id:
+                self._in_flight.add(msg_id)
+        try:
+            return self._apply_once(msg_id, body)
+        finally:
+            with self._idle:
+                self._in_flight.discard(msg_id)
+                self._idle.notify_all()
+
+    def _apply_once(self, msg_id: str, body: dict[str, Any]) -> Reply:
+        if self.before_apply is not None and self.before_apply(body) is False:
+            return None, {}, b""
+        results = self._apply(body["object"], body["operation"], body["records"])
+        rejected = sum(1 for r in results if r["status"] == "rejected")
+        doc = {"results": results} if self.per_record_results or rejected else {}
+        answer = json.dumps(doc).encode()
+        meta = {"id": msg_id, "sync": body.get("sync"), "run_id": body.get("run_id"),
+                "object": body["object"], "operation": body["operation"],
+                "count": len(results), "rejected": rejected}
+        with self._lock:
+            self.batches.append(meta)
+            if msg_id:
+                self._answers[msg_id] = (200, answer)
+        self._say(_describe(meta))
+        if self.after_apply is not None and self.after_apply(body) is False:
+            return None, {}, b""
+        return 200, _JSON, answer
+
+    def _verify(self, headers: dict[str, str], raw: bytes) -> None:
         if self.key is None:
-            return None
+            return
         msg_id = headers.get("webhook-id", "")
         stamp = headers.get("webhook-timestamp", "")
+        if not msg_id:
+            raise _BadRequest(401, "webhook-id header missing")
         if not stamp.isdigit() or abs(time.time() - int(stamp)) > TOLERANCE_S:
-            return "timestamp missing or too far from now"
+            raise _BadRequest(401, "webhook-timestamp missing or more than 5 minutes off")
         mac = hmac.new(self.key, f"{msg_id}.{stamp}.".encode() + raw, hashlib.sha256)
-        expected = base64.b64encode(mac.digest()).decode()
+        expected = base64.b64encode(mac.digest())
+        # The header may carry several space-separated signatures (key rotation).
         for signature in headers.get("webhook-signature", "").split():
             version, _, value = signature.partition(",")
-            if version == "v1" and hmac.compare_digest(value, expected):
-                return None
-        return "signature does not match"
+            if version == "v1" and hmac.compare_digest(value.encode(), expected):
+                return
+        raise _BadRequest(401, "webhook-signature does not match")
 
     def _apply(self, obj: str, operation: str, records: list[dict[str, Any]]) -> list[Any]:
-        results = []
-        with self.lock:
-            table = self.store.setdefault(obj, {})
+        results: list[dict[str, Any]] = []
+        with self._lock:
+            table = self._store.setdefault(obj, {})
             for record in records:
-                key = canonical(record.get("key"))
-                error = self.rejections.get(key) or _check(operation, key in table)
-                if error is None:
-                    if operation == "delete":
-                        table.pop(key, None)
-                    else:
-                        table[key] = dict(record.get("fields") or {})
-                    results.append({"key": record.get("key"), "status": "ok"})
+                key = canonical(record["key"])
+                error = self._rejections.get(key) or _conflict(operation, key in table)
+                if error is not None:
+                    results.append({"key": record["key"], "status": "rejected", "error": error})
+                    continue
+                if operation == "delete":
+                    table.pop(key, None)
                 else:
-                    results.append({"key": record.get("key"), "status": "rejected",
-                                    "error": error})
+                    table[key] = dict(record["fields"])
+                results.append({"key": record["key"], "status": "ok"})
         return results
 
+    # Plumbing ------------------------------------------------------------------
 
-def _check(operation: str, exists: bool) -> str | None:
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+
+    def _bind(self, port: int) -> _Server:
+        return _Server((self._host, port), _handler(self))
+
+    def _opened(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._open[conn] = threading.current_thread()
+
+    def _closed(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._open.pop(conn, None)
+
+    def _close_connections(self) -> None:
+        # Keep-alive connections outlive the listener; end them so a stopped
+        # receiver really is unreachable and no handler thread is left behind.
+        with self._lock:
+            open_now = list(self._open.items())
+        for conn, _ in open_now:
+            with contextlib.suppress(OSError):  # the peer may have closed it already
+                conn.shutdown(socket.SHUT_RDWR)
+        for _, thread in open_now:
+            if thread is not threading.current_thread():
+                thread.join(_JOIN_TIMEOUT_S)
+
+
+_JSON = {"content-type": "application/json"}
+
+
+def _failure_reply(failure: _Failure) -> Reply:
+    headers = {"content-type": "text/plain"}
+    if failure.retry_after is not None:
+        wait = failure.retry_after
+        headers["retry-after"] = str(int(wait)) if float(wait).is_integer() else str(wait)
+    return failure.status, headers, failure.body.encode()
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    """The batch, checked against the contract; _BadRequest (400) says what is off."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _BadRequest(400, "body is not JSON") from None
+    if not isinstance(body, dict) or body.get("type") != "tidegate.batch":
+        raise _BadRequest(400, 'body is not a {"type": "tidegate.batch"} document')
+    if body.get("operation") not in OPERATIONS:
+        raise _BadRequest(400, f"operation must be one of {', '.join(sorted(OPERATIONS))}")
+    if not isinstance(body.get("object"), str) or not isinstance(body.get("records"), list):
+        raise _BadRequest(400, "object (a string) and records (a list) are required")
+    deleting = body["operation"] == "delete"
+    for record in body["records"]:
+        if not isinstance(record, dict) or "key" not in record:
+            raise _BadRequest(400, "every record needs a key")
+        if deleting and "fields" in record:
+            raise _BadRequest(400, "delete records carry no fields")
+        if not deleting and not isinstance(record.get("fields"), dict):
+            raise _BadRequest(400, "every record needs a fields object")
+    return body
+
+
+def _conflict(operation: str, exists: bool) -> str | None:
     if operation == "insert" and exists:
         return "already exists"
     if operation == "update" and not exists:
@@ -184,28 +350,46 @@ def _check(operation: str, exists: bool) -> str | None:
     return None
 
 
+def _describe(meta: dict[str, Any]) -> str:
+    rejected = f", {meta['rejected']} rejected" if meta["rejected"] else ""
+    return (f"{meta['sync']} run {meta['run_id']}: {meta['operation']} {meta['count']} "
+            f"record(s) of {meta['object']}{rejected} (batch {meta['id']})")
+
+
 class _Server(ThreadingHTTPServer):
+    # Handler threads are daemons so a forgotten receiver never blocks exit;
+    # stop() ends and joins them explicitly instead.
     daemon_threads = True
     allow_reuse_address = True
 
-    def server_bind(self) -> None:
-        super().server_bind()
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A peer that vanished (killed sender, stop()) is routine here, not an error.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+        protocol_version = "HTTP/1.1"  # keep-alive, as the destination's pool expects
 
         def setup(self) -> None:
             super().setup()
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            receiver._opened(self.connection)
+
+        def finish(self) -> None:
+            receiver._closed(self.connection)
+            super().finish()
 
         def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+            length = self.headers.get("content-length")
+            if length is None or not length.isdigit():
+                self._reply(411, {"content-type": "text/plain"}, b"content-length required")
+                return
+            raw = self.rfile.read(int(length))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, extra, answer = receiver.handle(headers, raw)
-            if status == 0:
+            status, extra, answer = receiver._handle(headers, raw)
+            if status is None:
                 self.close_connection = True
                 return
             self._reply(status, extra, answer)
@@ -222,26 +406,28 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(answer)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass
+            pass  # one line per batch goes to ``log`` instead
 
     return Handler
 
 
 def serve(port: int, secret: str | None) -> None:
-    """Run a receiver in the foreground, printing one line per batch."""
-    receiver = WebhookReceiver(secret=secret, port=port)
-
-    def show(body: dict[str, Any]) -> bool:
-        print(f"{body.get('sync')} run {body.get('run_id')}: {body.get('operation')} "
-              f"{len(body.get('records', []))} record(s) of {body.get('object')}", flush=True)
-        return True
-
-    receiver.after_apply = show
-    receiver.start()
-    print(f"webhook sandbox listening on {receiver.url}"
-          + (" (verifying signatures)" if secret else ""), flush=True)
+    """Run a receiver on 127.0.0.1 in the foreground, printing one line per request."""
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        receiver.stop()
+        receiver = WebhookReceiver(secret=secret or None, port=port,
+                                   log=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        raise ConfigError(Problem(str(exc), key="--secret",
+                                  fix="pass the destination's whsec_… secret")) from None
+    except OSError as exc:
+        raise ConfigError(Problem(f"cannot listen on 127.0.0.1:{port} ({exc.strerror})",
+                                  key="--port", fix="pick a free port")) from None
+    with receiver:
+        print(f"webhook sandbox listening on {receiver.url}"
+              + (" (verifying signatures)" if secret else " (not verifying signatures)"),
+              flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
