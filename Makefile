@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,7 +9,6 @@ sandbox never would (400 bodies, odd ``results``).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -49,12 +48,9 @@ def make_batch(operation: Operation, keys: list[Any], fields: list[dict[str, Any
                batch_id: str = "batch-1") -> Batch:
     keys_json = [k if isinstance(k, str) else json.dumps(k) for k in keys]
     fields_json = [json.dumps(f) for f in fields] if fields else ["{}"] * len(keys)
-    table = pa.table({"key": pa.array(keys_json, pa.string())})
-    # Batch is gaining an Arrow ``fields`` column behind ``fields_json``; build either form.
-    if "fields_json" in {f.name for f in dataclasses.fields(Batch)}:
-        return Batch(id=batch_id, operation=operation, keys=keys_json,  # type: ignore[call-arg]
-                     fields_json=fields_json, table=table)
-    return Batch(id=batch_id, operation=operation, keys=keys_json, table=table,
+    # ``fields_json`` is derived from the Arrow ``fields`` column, as the planner builds it.
+    return Batch(id=batch_id, operation=operation, keys=keys_json,
+                 table=pa.table({"key": pa.array(keys_json, pa.string())}),
                  fields=pa.array(fields_json, pa.string()))
 
 
@@ -442,6 +438,7 @@ def test_config_validation() -> None:
         return " ".join(e["msg"] for e in caught.value.errors(include_input=False))
 
     assert "http://" in problems(url="ftp://x.test")
+    assert "host" in problems(url="http://")
     assert "whsec_" in problems(secret="hunter2-plain")
     assert "hunter2-plain" not in problems(secret="hunter2-plain")
     assert "base64" in problems(secret="whsec_!!!")

@@ -323,7 +323,11 @@ def sandbox_webhook(
     """A local webhook receiver that follows tidegate's webhook contract."""
     from tidegate.sandbox.webhook import serve
 
-    serve(port, secret)
+    def go() -> int:
+        serve(port, secret)
+        return EXIT_OK
+
+    _guard(False, go)
 
 
 def _exit_code(statuses: list[str]) -> int:

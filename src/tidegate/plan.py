@@ -16,6 +16,7 @@ Tables of one plan (DuckDB, temporary):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -155,7 +155,7 @@ class Plan:
         keys = table.column("__key").to_pylist()
         digest = hashlib.sha256(f"{self.sync}\n{op}\n".encode())
         digest.update("\n".join(keys).encode())
-        digest.update(table.column("__hash").fill_null(0).to_numpy().tobytes())
+        digest.update(",".join(map(str, table.column("__hash").to_pylist())).encode())
         batch = Batch(
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
@@ -526,20 +526,20 @@ def _cuts(
     """
     n = table.num_rows
     ops = table.column("__op").combine_chunks()
-    changes = pc.indices_nonzero(pc.not_equal(ops.slice(1), ops.slice(0, n - 1))).to_numpy() + 1
-    ends = [*changes.tolist(), n]
+    changes = pc.indices_nonzero(pc.not_equal(ops.slice(1), ops.slice(0, n - 1))).to_pylist()
+    ends = [*(c + 1 for c in changes), n]
     lengths = pc.add(
         pc.binary_length(table.column("__key")),
         pc.binary_length(table.column("__fields").fill_null("")),
-    )
-    sizes = np.cumsum(lengths.to_numpy() + _RECORD_OVERHEAD, dtype=np.int64)
+    ).to_pylist()
+    sizes = list(itertools.accumulate(size + _RECORD_OVERHEAD for size in lengths))
     cuts, start = [0], 0
     for end in ends:
         while start < end:
             stop = min(start + max_records, end)
             if max_bytes is not None:
                 base = sizes[start - 1] if start else 0
-                fit = int(np.searchsorted(sizes, base + max_bytes, side="right"))
+                fit = bisect.bisect_right(sizes, base + max_bytes)
                 stop = max(start + 1, min(stop, fit))
             if stop == n and not final and stop - start < max_records:
                 return cuts

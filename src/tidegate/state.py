@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from tidegate.plan import Outgoing
 from tidegate.runs import now
@@ -160,17 +159,15 @@ def reset(store: Store, sync: str) -> int:
         return int(result.rowcount or 0)
 
 
+_BUMP = (
+    "insert into tidegate_state_versions (sync, version) values ({p}, 1) "
+    "on conflict (sync) do update set version = tidegate_state_versions.version + 1"
+)
+
+
 def _bump(conn: sa.Connection, dialect: str, sync: str) -> int:
     """Advance the sync's state version inside the caller's transaction."""
-    insert = postgresql.insert(versions_table) if dialect == "postgresql" else sqlite.insert(
-        versions_table
-    )
-    conn.execute(
-        insert.values(sync=sync, version=1).on_conflict_do_update(
-            index_elements=[versions_table.c.sync],
-            set_={"version": versions_table.c.version + 1},
-        )
-    )
+    conn.exec_driver_sql(_BUMP.format(p="?" if dialect == "sqlite" else "%s"), (sync,))
     value = conn.execute(
         sa.select(versions_table.c.version).where(versions_table.c.sync == sync)
     ).scalar_one()

@@ -63,6 +63,12 @@ class WebhookConfig(DestinationConfig):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("`url` must start with http:// or https://")
+        try:
+            host = httpx.URL(value).host
+        except httpx.InvalidURL:
+            host = ""
+        if not host:
+            raise ValueError("`url` is not a valid http(s) URL with a host")
         return value
 
     @field_validator("secret")
@@ -138,6 +144,8 @@ class WebhookDestination(HttpDestination):
 
     def __init__(self, name: str, config: WebhookConfig, target: SyncTarget) -> None:
         super().__init__(name, config, target)
+        # No redirects are followed, so a plain-http URL never reaches a TLS peer.
+        self.tls = not config.url.startswith("http://")
         self.settings = config
         self._key: bytes | None = None
         if config.secret is not None:
@@ -145,7 +153,7 @@ class WebhookDestination(HttpDestination):
             self._key = signing_key(secret)
             _register_secret(secret, self._key)
         self._headers = {"content-type": "application/json"} | {
-            name.lower(): value for name, value in config.headers.items()
+            header.lower(): value for header, value in config.headers.items()
         }
         self._timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
 
