@@ -35,3 +35,27 @@ def test_builtin_destinations_are_found_through_entry_points() -> None:
         assert cls.capabilities.modes
     assert set(tidegate.destinations.__all__) >= {"Destination", "Batch", "BatchResult",
                                                    "Capabilities", "load", "kinds"}
+
+
+def test_a_duckdb_project_runs_without_importing_sqlalchemy(tmp_path: object) -> None:
+    """SQLAlchemy is for SQLAlchemy sources; every other run must not pay its import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib, duckdb\n"
+        "root = pathlib.Path(sys.argv[1])\n"
+        "duckdb.connect(str(root / 'w.duckdb')).execute("
+        "'create table t as select 1 as id, 2 as v').close()\n"
+        "(root / 'tidegate.yml').write_text('sources: {w: {type: duckdb, path: w.duckdb}}\\n'\n"
+        "  'destinations: {f: {type: file, path: out}}\\n'\n"
+        "  'syncs: {s: {source: w, table: t, primary_key: id, destination: f, object: o, '\n"
+        "  'mode: upsert}}\\n')\n"
+        "from tidegate.cli import app\n"
+        "import tidegate\n"
+        "assert tidegate.Project.load(root).run('s')['status'] == 'succeeded'\n"
+        "print('sqlalchemy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"

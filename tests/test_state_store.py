@@ -11,15 +11,19 @@ from conftest import SECRET
 from helpers import project, sync, warehouse
 from tidegate import Project
 from tidegate.sandbox.webhook import WebhookReceiver
-from tidegate.store import MIGRATIONS, Store, schema_table
+from tidegate.store import MIGRATIONS, Store
 
 
-def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
-    store = Store("sqlite:///state.db", tmp_path)
-    store.migrate()
-    with store.engine.begin() as conn:
-        assert conn.execute(sa.select(schema_table.c.version)).scalars().all() == [len(MIGRATIONS)]
-    store.close()
+def test_migrations_are_recorded_and_idempotent(tmp_path: Path, pg_url: str) -> None:
+    for url in ("sqlite:///state.db", pg_url):
+        store = Store(url, tmp_path)
+        store.migrate()
+        store.close()
+        store = Store(url, tmp_path)
+        with store.transaction() as tx:
+            assert tx.execute("select version from tidegate_schema") == [(len(MIGRATIONS),)]
+            assert tx.scalar("select count(*) from tidegate_runs") == 0
+        store.close()
 
 
 def run(root: Path, full: bool = False) -> dict[str, object]:

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
 from tidegate.errors import FatalError
 from tidegate.plan import PlanCounts
-from tidegate.store import Store, row_errors_table, runs_table
+from tidegate.store import Store
 
 STALE_AFTER = timedelta(minutes=15)  # a run on another host silent this long is dead
 HOST = socket.gethostname()
@@ -71,21 +69,28 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _record(row: sa.Row[Any]) -> RunRecord:
-    m = row._mapping
-    timings = m["timings"]
-    if isinstance(timings, str):
-        timings = json.loads(timings)
+def stamp(value: datetime | None = None) -> str:
+    """How times are stored: ISO 8601 in UTC, which sorts as text."""
+    return (value or now()).isoformat()
+
+
+def _time(value: str | None) -> datetime | None:
+    return _aware(datetime.fromisoformat(value)) if value else None
+
+
+def _record(m: dict[str, Any]) -> RunRecord:
+    started = _time(m["started_at"])
+    assert started is not None
     return RunRecord(
-        id=m["id"],
+        id=int(m["id"]),
         sync=m["sync"],
         status=m["status"],
         mode=m["mode"],
         destination=m["destination"],
         object=m["object"],
         full=bool(m["full_sync"]),
-        started_at=_aware(m["started_at"]),
-        finished_at=_aware(m["finished_at"]) if m["finished_at"] else None,
+        started_at=started,
+        finished_at=_time(m["finished_at"]),
         planned=PlanCounts(
             added=m["planned_added"],
             changed=m["planned_changed"],
@@ -102,11 +107,11 @@ def _record(row: sa.Row[Any]) -> RunRecord:
         rejected=m["rejected"],
         batches=m["batches"],
         error=m["error"],
-        timings=timings or {},
+        timings=json.loads(m["timings"]) if m["timings"] else {},
     )
 
 
-def _alive(pid: int | None, host: str | None, heartbeat: datetime | None) -> bool:
+def _alive(pid: int | None, host: str | None, heartbeat: str | None) -> bool:
     if host == HOST and pid:
         try:
             os.kill(pid, 0)
@@ -115,135 +120,104 @@ def _alive(pid: int | None, host: str | None, heartbeat: datetime | None) -> boo
         except PermissionError:
             return True
         return True
-    return heartbeat is not None and now() - _aware(heartbeat) < STALE_AFTER
+    beat = _time(heartbeat)
+    return beat is not None and now() - beat < STALE_AFTER
 
 
 def start_run(
     store: Store, *, sync: str, mode: str, destination: str, object: str, full: bool
 ) -> int:
     """Open a run for ``sync``; refuse if another live run of it is in progress."""
-    with store.engine.begin() as conn:
-        store.lock(conn, f"sync:{sync}")
-        running = conn.execute(
-            sa.select(runs_table).where(
-                runs_table.c.sync == sync, runs_table.c.status == "running"
-            )
-        ).fetchall()
-        for row in running:
-            m = row._mapping
+    with store.transaction() as tx:
+        tx.lock(f"sync:{sync}")
+        running = tx.rows(
+            "select id, pid, host, heartbeat_at, started_at, batches from tidegate_runs "
+            "where sync = ? and status = 'running'", (sync,))
+        for m in running:
             if _alive(m["pid"], m["host"], m["heartbeat_at"]):
                 raise FatalError(
                     f"sync '{sync}' is already running as run {m['id']} "
                     f"(pid {m['pid']} on {m['host']}); wait for it to finish"
                 )
-            conn.execute(
-                runs_table.update()
-                .where(runs_table.c.id == m["id"])
-                .values(
-                    status="failed",
-                    finished_at=m["heartbeat_at"] or m["started_at"],
-                    error=(
-                        "interrupted: the process stopped before the run finished "
-                        f"({m['batches']} batch(es) acknowledged); the next run sent the rest"
-                    ),
-                )
+            tx.execute(
+                "update tidegate_runs set status = 'failed', finished_at = ?, error = ? "
+                "where id = ?",
+                (m["heartbeat_at"] or m["started_at"],
+                 "interrupted: the process stopped before the run finished "
+                 f"({m['batches']} batch(es) acknowledged); the next run sent the rest",
+                 m["id"]),
             )
-        result = conn.execute(
-            runs_table.insert().values(
-                sync=sync,
-                status="running",
-                mode=mode,
-                destination=destination,
-                object=object,
-                full_sync=full,
-                started_at=now(),
-                heartbeat_at=now(),
-                pid=os.getpid(),
-                host=HOST,
-            )
+        at = stamp()
+        return tx.insert_id(
+            "insert into tidegate_runs (sync, status, mode, destination, object, full_sync, "
+            "started_at, heartbeat_at, pid, host) values (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sync, mode, destination, object, full, at, at, os.getpid(), HOST),
         )
-        run_id = result.inserted_primary_key
-        assert run_id is not None
-        return int(run_id[0])
 
 
 def record_plan(
     store: Store, run_id: int, counts: PlanCounts, to_send: int,
     invalid: list[tuple[str, str, str]], sync: str,
 ) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(
-            runs_table.update()
-            .where(runs_table.c.id == run_id)
-            .values(
-                planned_added=counts.added,
-                planned_changed=counts.changed,
-                planned_removed=counts.removed,
-                planned_unchanged=counts.unchanged,
-                planned_invalid=counts.invalid,
-                to_send=to_send,
-                heartbeat_at=now(),
-            )
+    with store.transaction() as tx:
+        tx.execute(
+            "update tidegate_runs set planned_added = ?, planned_changed = ?, "
+            "planned_removed = ?, planned_unchanged = ?, planned_invalid = ?, to_send = ?, "
+            "heartbeat_at = ? where id = ?",
+            (counts.added, counts.changed, counts.removed, counts.unchanged, counts.invalid,
+             to_send, stamp(), run_id),
         )
-        if invalid:
-            conn.execute(
-                row_errors_table.insert(),
-                [
-                    {"run_id": run_id, "sync": sync, "key": k, "kind": "invalid",
-                     "error": reason, "attempt": 1, "record": rec}
-                    for k, reason, rec in invalid
-                ],
-            )
+        tx.executemany(
+            "insert into tidegate_row_errors (run_id, sync, key, kind, error, attempt, record) "
+            "values (?, ?, ?, 'invalid', ?, 1, ?)",
+            [(run_id, sync, k, reason, rec) for k, reason, rec in invalid],
+        )
 
 
 def finish_run(
     store: Store, run_id: int, status: str, error: str | None, timings: dict[str, float]
 ) -> RunRecord:
-    with store.engine.begin() as conn:
-        conn.execute(
-            runs_table.update()
-            .where(runs_table.c.id == run_id)
-            .values(status=status, error=error, finished_at=now(), timings=timings)
+    with store.transaction() as tx:
+        tx.execute(
+            "update tidegate_runs set status = ?, error = ?, finished_at = ?, timings = ? "
+            "where id = ?",
+            (status, error, stamp(), json.dumps(timings), run_id),
         )
     return get_run(store, run_id)
 
 
 def get_run(store: Store, run_id: int) -> RunRecord:
-    with store.engine.begin() as conn:
-        row = conn.execute(sa.select(runs_table).where(runs_table.c.id == run_id)).first()
-    if row is None:
+    with store.transaction() as tx:
+        rows = tx.rows("select * from tidegate_runs where id = ?", (run_id,))
+    if not rows:
         raise KeyError(run_id)
-    return _record(row)
+    return _record(rows[0])
 
 
 def list_runs(store: Store, sync: str | None = None, limit: int = 20) -> list[RunRecord]:
-    query = sa.select(runs_table).order_by(runs_table.c.id.desc()).limit(limit)
-    if sync is not None:
-        query = query.where(runs_table.c.sync == sync)
-    with store.engine.begin() as conn:
-        return [_record(r) for r in conn.execute(query).fetchall()]
+    where, params = ("where sync = ? ", (sync, limit)) if sync is not None else ("", (limit,))
+    with store.transaction() as tx:
+        rows = tx.rows(f"select * from tidegate_runs {where}order by id desc limit ?", params)
+    return [_record(r) for r in rows]
 
 
 def row_errors(
     store: Store, run_id: int, *, limit: int | None = None, offset: int = 0
 ) -> list[dict[str, Any]]:
-    query = (
-        sa.select(row_errors_table)
-        .where(row_errors_table.c.run_id == run_id)
-        .order_by(row_errors_table.c.id)
-        .offset(offset)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    with store.engine.begin() as conn:
-        rows = conn.execute(query).fetchall()
+    with store.transaction() as tx:
+        rows = tx.rows(
+            "select key, kind, error, attempt, record from tidegate_row_errors "
+            "where run_id = ? order by id limit ? offset ?",
+            (run_id, limit if limit is not None else -1 if store.dialect == "sqlite" else None,
+             offset),
+        )
     return [
         {
-            "key": json.loads(r.key) if r.key not in ("", None) else None,
-            "kind": r.kind,
-            "error": r.error,
-            "attempt": r.attempt,
-            "record": json.loads(r.record) if r.record else None,
+            "key": json.loads(r["key"]) if r["key"] not in ("", None) else None,
+            "kind": r["kind"],
+            "error": r["error"],
+            "attempt": r["attempt"],
+            "record": json.loads(r["record"]) if r["record"] else None,
         }
         for r in rows
     ]

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import sqlalchemy as sa
 
 from tidegate.plan import Outgoing
 from tidegate.runs import now
-from tidegate.store import Store, row_errors_table, runs_table, state_table, versions_table
+from tidegate.store import Store, Tx
 
 STATE_SCHEMA = pa.schema([("key", pa.string()), ("hash", pa.int64())])
 _FETCH_ROWS = 100_000
@@ -59,10 +58,8 @@ def read_hashes(store: Store, sync: str, snapshots: Path | None = None) -> Known
 
 
 def current_version(store: Store, sync: str) -> int:
-    with store.engine.begin() as conn:
-        value = conn.execute(
-            sa.select(versions_table.c.version).where(versions_table.c.sync == sync)
-        ).scalar()
+    with store.transaction() as tx:
+        value = tx.scalar("select version from tidegate_state_versions where sync = ?", (sync,))
     return int(value or 0)
 
 
@@ -72,16 +69,13 @@ def _read_store(store: Store, sync: str) -> pa.Table:
         if fast is not None:
             return fast
     batches = []
-    with store.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=_FETCH_ROWS).execute(
-            sa.select(state_table.c.key, state_table.c.hash).where(state_table.c.sync == sync)
-        )
-        for part in result.partitions(_FETCH_ROWS):
+    with store.transaction() as tx:
+        cursor = tx.cursor("select key, hash from tidegate_state where sync = ?", (sync,))
+        while part := cursor.fetchmany(_FETCH_ROWS):
             keys, hashes = zip(*part, strict=True)
             batches.append(pa.record_batch(
                 [pa.array(keys, pa.string()), pa.array(hashes, pa.int64())], schema=STATE_SCHEMA
             ))
-        conn.rollback()
     return pa.Table.from_batches(batches, schema=STATE_SCHEMA)
 
 
@@ -132,46 +126,34 @@ def save_snapshot(
 
 
 def count(store: Store, sync: str) -> int:
-    with store.engine.begin() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count()).select_from(state_table).where(
-                    state_table.c.sync == sync
-                )
-            ).scalar_one()
-        )
+    with store.transaction() as tx:
+        return int(tx.scalar("select count(*) from tidegate_state where sync = ?", (sync,)))
 
 
 def records(store: Store, sync: str) -> dict[str, str | None]:
     """Every acknowledged record of ``sync`` as JSON text, by key (for tests and audits)."""
-    with store.engine.begin() as conn:
-        rows = conn.execute(
-            sa.select(state_table.c.key, state_table.c.record).where(state_table.c.sync == sync)
-        ).fetchall()
+    with store.transaction() as tx:
+        rows = tx.execute("select key, record from tidegate_state where sync = ?", (sync,))
     return {r[0]: r[1] for r in rows}
 
 
 def reset(store: Store, sync: str) -> int:
     """Forget everything acknowledged for ``sync``; the next run sends every row."""
-    with store.engine.begin() as conn:
-        result = conn.execute(state_table.delete().where(state_table.c.sync == sync))
-        _bump(conn, store.dialect, sync)
-        return int(result.rowcount or 0)
+    with store.transaction() as tx:
+        forgotten = int(tx.scalar("select count(*) from tidegate_state where sync = ?", (sync,)))
+        tx.execute("delete from tidegate_state where sync = ?", (sync,))
+        _bump(tx, sync)
+        return forgotten
 
 
-_BUMP = (
-    "insert into tidegate_state_versions (sync, version) values ({p}, 1) "
-    "on conflict (sync) do update set version = tidegate_state_versions.version + 1"
-)
-
-
-def _bump(conn: sa.Connection, dialect: str, sync: str) -> int:
+def _bump(tx: Tx, sync: str) -> int:
     """Advance the sync's state version inside the caller's transaction."""
-    conn.exec_driver_sql(_BUMP.format(p="?" if dialect == "sqlite" else "%s"), (sync,))
-    value = conn.execute(
-        sa.select(versions_table.c.version).where(versions_table.c.sync == sync)
-    ).scalar_one()
-    return int(value)
+    tx.execute(
+        "insert into tidegate_state_versions (sync, version) values (?, 1) "
+        "on conflict (sync) do update set version = tidegate_state_versions.version + 1",
+        (sync,),
+    )
+    return int(tx.scalar("select version from tidegate_state_versions where sync = ?", (sync,)))
 
 
 @dataclass
@@ -205,8 +187,7 @@ def commit_batch(
     stamp = now()
     # Rows go to the driver as plain tuples: a million of them is a first sync's
     # normal size, and per-row dicts through the ORM layer cost seconds and memory.
-    stored_at: Any = stamp if store.dialect == "postgresql" else stamp.strftime(
-        "%Y-%m-%d %H:%M:%S.%f")
+    stored_at = stamp.isoformat()
     for key, h, record, cat in zip(
         out.batch.keys, out.hashes, out.records, out.categories, strict=True
     ):
@@ -224,30 +205,20 @@ def commit_batch(
             keep.append((sync, key, h, record, run_id, stored_at))
             kept_keys.append(key)
             kept_hashes.append(h)
-    with store.engine.begin() as conn:
-        if keep:
-            conn.exec_driver_sql(_UPSERT[store.dialect], keep)
-        for chunk in _chunks(drop, 500):
-            conn.execute(
-                state_table.delete().where(
-                    state_table.c.sync == sync, state_table.c.key.in_(chunk)
-                )
-            )
+    with store.transaction() as tx:
+        tx.executemany(_UPSERT, keep)
+        tx.executemany("delete from tidegate_state where sync = ? and key = ?",
+                       [(sync, key) for key in drop])
         if rejected:
-            _record_rejected(conn, sync, run_id, out, rejected)
-        conn.execute(
-            runs_table.update()
-            .where(runs_table.c.id == run_id)
-            .values(
-                delivered_created=runs_table.c.delivered_created + delivered["created"],
-                delivered_updated=runs_table.c.delivered_updated + delivered["updated"],
-                delivered_deleted=runs_table.c.delivered_deleted + delivered["deleted"],
-                rejected=runs_table.c.rejected + len(rejected),
-                batches=runs_table.c.batches + 1,
-                heartbeat_at=stamp,
-            )
+            _record_rejected(tx, sync, run_id, out, rejected)
+        tx.execute(
+            "update tidegate_runs set delivered_created = delivered_created + ?, "
+            "delivered_updated = delivered_updated + ?, delivered_deleted = delivered_deleted + ?, "
+            "rejected = rejected + ?, batches = batches + 1, heartbeat_at = ? where id = ?",
+            (delivered["created"], delivered["updated"], delivered["deleted"], len(rejected),
+             stored_at, run_id),
         )
-        version = _bump(conn, store.dialect, sync)
+        version = _bump(tx, sync)
     return Committed(
         delivered=delivered,
         kept=pa.table({"key": pa.array(kept_keys, pa.string()),
@@ -257,41 +228,33 @@ def commit_batch(
     )
 
 
-_UPSERT_TAIL = (
-    "(sync, key, hash, record, run_id, updated_at) values ({p}, {p}, {p}, {p}, {p}, {p}) "
+_UPSERT = (
+    "insert into tidegate_state (sync, key, hash, record, run_id, updated_at) "
+    "values (?, ?, ?, ?, ?, ?) "
     "on conflict (sync, key) do update set hash = excluded.hash, record = excluded.record, "
     "run_id = excluded.run_id, updated_at = excluded.updated_at"
 )
-_UPSERT = {
-    "sqlite": "insert into tidegate_state " + _UPSERT_TAIL.format(p="?"),
-    "postgresql": "insert into tidegate_state " + _UPSERT_TAIL.format(p="%s"),
-}
 
 
 def _record_rejected(
-    conn: sa.Connection, sync: str, run_id: int, out: Outgoing, rejected: dict[str, str]
+    tx: Tx, sync: str, run_id: int, out: Outgoing, rejected: dict[str, str]
 ) -> None:
     keys = list(rejected)
     attempts: dict[str, int] = {}
     for chunk in _chunks(keys, 500):
-        rows = conn.execute(
-            sa.select(row_errors_table.c.key, sa.func.max(row_errors_table.c.attempt))
-            .where(
-                row_errors_table.c.sync == sync,
-                row_errors_table.c.kind == "rejected",
-                row_errors_table.c.key.in_(chunk),
-            )
-            .group_by(row_errors_table.c.key)
-        ).fetchall()
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.execute(
+            "select key, max(attempt) from tidegate_row_errors "
+            f"where sync = ? and kind = 'rejected' and key in ({marks}) group by key",
+            (sync, *chunk),
+        )
         attempts.update({r[0]: int(r[1]) for r in rows})
     record_of = dict(zip(out.batch.keys, out.records, strict=True))
-    conn.execute(
-        row_errors_table.insert(),
-        [
-            {"run_id": run_id, "sync": sync, "key": k, "kind": "rejected", "error": err,
-             "attempt": attempts.get(k, 0) + 1, "record": record_of.get(k)}
-            for k, err in rejected.items()
-        ],
+    tx.executemany(
+        "insert into tidegate_row_errors (run_id, sync, key, kind, error, attempt, record) "
+        "values (?, ?, ?, 'rejected', ?, ?, ?)",
+        [(run_id, sync, k, err, attempts.get(k, 0) + 1, record_of.get(k))
+         for k, err in rejected.items()],
     )
 
 

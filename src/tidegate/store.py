@@ -2,102 +2,151 @@
 
 One database holds both what was acknowledged (``tidegate_state``) and what was
 done (``tidegate_runs``, ``tidegate_row_errors``), so a batch's state and the
-run's progress commit in one transaction. Migrations are numbered functions
+run's progress commit in one transaction. Migrations are numbered lists of DDL
 applied in order; the applied number is kept in ``tidegate_schema``.
+
+The store speaks DB-API directly (``sqlite3``, ``psycopg``) through ``Tx``:
+its SQL is a few dozen plain statements, and every command line run would
+otherwise pay for importing a whole SQL toolkit before doing anything.
+Statements use ``?`` placeholders; ``Tx`` adapts them for psycopg.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy import exc as sa_exc
 
 from tidegate.errors import ConfigError, FatalError, Problem
 from tidegate.redact import redact, redact_url
 
-metadata = sa.MetaData()
-
-schema_table = sa.Table(
-    "tidegate_schema", metadata, sa.Column("version", sa.Integer, nullable=False)
-)
-
-runs_table = sa.Table(
-    "tidegate_runs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("sync", sa.String(200), nullable=False, index=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("mode", sa.String(20), nullable=False),
-    sa.Column("destination", sa.String(200), nullable=False),
-    sa.Column("object", sa.String(500), nullable=False),
-    sa.Column("full_sync", sa.Boolean, nullable=False, default=False),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
-    sa.Column("pid", sa.Integer),
-    sa.Column("host", sa.String(255)),
-    sa.Column("planned_added", sa.Integer, nullable=False, default=0),
-    sa.Column("planned_changed", sa.Integer, nullable=False, default=0),
-    sa.Column("planned_removed", sa.Integer, nullable=False, default=0),
-    sa.Column("planned_unchanged", sa.Integer, nullable=False, default=0),
-    sa.Column("planned_invalid", sa.Integer, nullable=False, default=0),
-    sa.Column("to_send", sa.Integer, nullable=False, default=0),
-    sa.Column("delivered_created", sa.Integer, nullable=False, default=0),
-    sa.Column("delivered_updated", sa.Integer, nullable=False, default=0),
-    sa.Column("delivered_deleted", sa.Integer, nullable=False, default=0),
-    sa.Column("rejected", sa.Integer, nullable=False, default=0),
-    sa.Column("batches", sa.Integer, nullable=False, default=0),
-    sa.Column("error", sa.Text),
-    sa.Column("timings", sa.JSON),
-)
-
-state_table = sa.Table(
-    "tidegate_state",
-    metadata,
-    sa.Column("sync", sa.String(200), primary_key=True),
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("hash", sa.BigInteger),
-    sa.Column("record", sa.Text),
-    sa.Column("run_id", sa.Integer),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-)
-
-row_errors_table = sa.Table(
-    "tidegate_row_errors",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.Integer, nullable=False, index=True),
-    sa.Column("sync", sa.String(200), nullable=False),
-    sa.Column("key", sa.Text, nullable=False),
-    sa.Column("kind", sa.String(20), nullable=False),  # invalid | rejected
-    sa.Column("error", sa.Text, nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False, default=1),
-    sa.Column("record", sa.Text),
-    sa.Index("ix_tidegate_row_errors_sync_key", "sync", "key"),
-)
+# (sqlite, postgresql) spellings of the few types that differ.
+_TYPES = {
+    "serial": ("integer primary key autoincrement", "bigserial primary key"),
+    "bool": ("integer", "boolean"),
+}
 
 
-# One row per sync, bumped in every transaction that changes its state, so a
-# local snapshot of (key, hash) can tell whether it is still the truth.
-versions_table = sa.Table(
-    "tidegate_state_versions",
-    metadata,
-    sa.Column("sync", sa.String(200), primary_key=True),
-    sa.Column("version", sa.BigInteger, nullable=False),
-)
+def _ddl(dialect: str, text: str) -> str:
+    i = 0 if dialect == "sqlite" else 1
+    for name, spelled in _TYPES.items():
+        text = text.replace("{" + name + "}", spelled[i])
+    return text
 
 
-def _v1(conn: sa.Connection) -> None:
-    for table in (runs_table, state_table, row_errors_table, versions_table):
-        table.create(conn, checkfirst=True)
+V1 = [
+    """create table if not exists tidegate_runs (
+        id {serial},
+        sync text not null,
+        status text not null,
+        mode text not null,
+        destination text not null,
+        object text not null,
+        full_sync {bool} not null default false,
+        started_at text not null,
+        finished_at text,
+        heartbeat_at text,
+        pid integer,
+        host text,
+        planned_added bigint not null default 0,
+        planned_changed bigint not null default 0,
+        planned_removed bigint not null default 0,
+        planned_unchanged bigint not null default 0,
+        planned_invalid bigint not null default 0,
+        to_send bigint not null default 0,
+        delivered_created bigint not null default 0,
+        delivered_updated bigint not null default 0,
+        delivered_deleted bigint not null default 0,
+        rejected bigint not null default 0,
+        batches bigint not null default 0,
+        error text,
+        timings text
+    )""",
+    "create index if not exists ix_tidegate_runs_sync on tidegate_runs (sync, id)",
+    """create table if not exists tidegate_state (
+        sync text not null,
+        key text not null,
+        hash bigint,
+        record text,
+        run_id bigint,
+        updated_at text,
+        primary key (sync, key)
+    )""",
+    """create table if not exists tidegate_row_errors (
+        id {serial},
+        run_id bigint not null,
+        sync text not null,
+        key text not null,
+        kind text not null,
+        error text not null,
+        attempt integer not null default 1,
+        record text
+    )""",
+    "create index if not exists ix_tidegate_row_errors_run on tidegate_row_errors (run_id)",
+    "create index if not exists ix_tidegate_row_errors_sync_key "
+    "on tidegate_row_errors (sync, key)",
+    # One row per sync, bumped in every transaction that changes its state, so a
+    # local snapshot of (key, hash) can tell whether it is still the truth.
+    """create table if not exists tidegate_state_versions (
+        sync text primary key,
+        version bigint not null
+    )""",
+]
+
+MIGRATIONS: list[list[str]] = [V1]
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1]
+class Tx:
+    """One open transaction: ``execute`` returns rows as tuples, ``rows`` as dicts."""
+
+    def __init__(self, cursor: Any, dialect: str) -> None:
+        self._cur = cursor
+        self.dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else sql.replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._cur.execute(self._sql(sql), tuple(params))
+        return list(self._cur.fetchall()) if self._cur.description else []
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self._cur.execute(self._sql(sql), tuple(params))
+        names = [d[0] for d in self._cur.description]
+        return [dict(zip(names, row, strict=True)) for row in self._cur.fetchall()]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cur.executemany(self._sql(sql), rows)
+
+    def cursor(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The DB-API cursor after ``sql``, for reading a large result in parts."""
+        self._cur.execute(self._sql(sql), tuple(params))
+        return self._cur
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        found = self.execute(sql, params)
+        return found[0][0] if found else None
+
+    def insert_id(self, sql: str, params: Sequence[Any]) -> int:
+        """Run an INSERT into a table with an ``id`` column and return the new id."""
+        if self.dialect == "sqlite":
+            self._cur.execute(sql, tuple(params))
+            return int(self._cur.lastrowid)
+        self._cur.execute(self._sql(sql) + " returning id", tuple(params))
+        return int(self._cur.fetchone()[0])
+
+    def lock(self, name: str) -> None:
+        """Serialise writers on ``name`` until the transaction ends.
+
+        SQLite transactions here begin IMMEDIATE, which already serialises writers.
+        """
+        if self.dialect == "postgresql":
+            self._cur.execute("select pg_advisory_xact_lock(%s)", (_lock_key(name),))
 
 
 class Store:
@@ -115,51 +164,85 @@ class Store:
                     fix="use sqlite:///path/state.db or postgresql://user@host/db",
                 )
             )
-        if self.dialect == "sqlite":
-            path = self.url.removeprefix("sqlite:///")
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(_engine_url(self.url), **_engine_args(self.dialect))
-        if self.dialect == "sqlite":
-            _sqlite_transactions(self.engine)
+        self._lock = threading.RLock()
+        self._conn: Any = None
         try:
+            self._conn = self._connect()
             self.migrate()
-        except sa_exc.OperationalError as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise FatalError(
-                f"cannot open the state store {self.display_url}: "
-                f"{redact(str(exc.orig or exc)).strip()}"
+                f"cannot open the state store {self.display_url}: {redact(str(exc))}"
             ) from exc
-
-    def migrate(self) -> None:
-        with self.engine.begin() as conn:
-            self.lock(conn, "tidegate-migrate")
-            schema_table.create(conn, checkfirst=True)
-            current = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar() or 0
-            if current > len(MIGRATIONS):
-                raise FatalError(
-                    f"the state store {self.display_url} was written by a newer tidegate "
-                    f"(schema {current}); upgrade tidegate"
-                )
-            for version in range(current, len(MIGRATIONS)):
-                MIGRATIONS[version](conn)
-            if current < len(MIGRATIONS):
-                conn.execute(schema_table.delete())
-                conn.execute(schema_table.insert().values(version=len(MIGRATIONS)))
-
-    def lock(self, conn: sa.Connection, name: str) -> None:
-        """Serialise writers on ``name`` until the transaction ends.
-
-        SQLite transactions here begin IMMEDIATE, which already serialises writers.
-        """
-        if self.dialect == "postgresql":
-            conn.execute(sa.text("select pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg"):
+                raise FatalError(f"cannot open the state store {self.display_url}: "
+                                 f"{redact(str(exc)).strip()}") from exc
+            raise
 
     @property
     def identity(self) -> str:
         """Names this store without its password, for labelling local snapshots."""
         return self.display_url
 
+    def _connect(self) -> Any:
+        if self.dialect == "sqlite":
+            path = Path(self.url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so two runs
+            # cannot both read "nothing running" before either of them writes.
+            conn = sqlite3.connect(path, timeout=60, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            conn.execute("pragma busy_timeout=60000")
+            return conn
+        import psycopg
+
+        return psycopg.connect(self.url, connect_timeout=15, autocommit=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction that commits when the block ends and rolls back on error."""
+        with self._lock:
+            if self.dialect == "sqlite":
+                cur = self._conn.cursor()
+                cur.execute("begin immediate")
+                try:
+                    yield Tx(cur, self.dialect)
+                except BaseException:
+                    cur.execute("rollback")
+                    raise
+                cur.execute("commit")
+                cur.close()
+                return
+            if self._conn.closed or self._conn.broken:
+                self._conn = self._connect()
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                yield Tx(cur, self.dialect)
+
+    def migrate(self) -> None:
+        with self.transaction() as tx:
+            tx.lock("tidegate-migrate")
+            tx.execute("create table if not exists tidegate_schema (version integer not null)")
+            current = int(tx.scalar("select max(version) from tidegate_schema") or 0)
+            if current > len(MIGRATIONS):
+                raise FatalError(
+                    f"the state store {self.display_url} was written by a newer tidegate "
+                    f"(schema {current}); upgrade tidegate"
+                )
+            for version in range(current, len(MIGRATIONS)):
+                for statement in MIGRATIONS[version]:
+                    tx.execute(_ddl(self.dialect, statement))
+            if current < len(MIGRATIONS):
+                tx.execute("delete from tidegate_schema")
+                tx.execute("insert into tidegate_schema (version) values (?)",
+                           (len(MIGRATIONS),))
+
     def close(self) -> None:
-        self.engine.dispose()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _resolve(url: str, root: Path) -> str:
@@ -167,36 +250,9 @@ def _resolve(url: str, root: Path) -> str:
         return f"sqlite:///{(root / url.removeprefix('sqlite:///')).resolve()}"
     if url.startswith("postgres://"):
         return "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql+psycopg://"):
+        return "postgresql://" + url.removeprefix("postgresql+psycopg://")
     return url
-
-
-def _engine_url(url: str) -> str:
-    if url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
-
-
-def _engine_args(dialect: str) -> dict[str, Any]:
-    if dialect == "sqlite":
-        return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
-
-
-def _sqlite_transactions(engine: sa.Engine) -> None:
-    # pysqlite defers BEGIN until the first write, so two runs could both read
-    # "nothing running" before either writes; BEGIN IMMEDIATE takes the lock first.
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("pragma journal_mode=wal")
-        cur.execute("pragma synchronous=normal")
-        cur.execute("pragma busy_timeout=60000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("begin immediate")
 
 
 def _lock_key(name: str) -> int:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import duckdb
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from tidegate.deliver import RetryPolicy
@@ -136,12 +137,10 @@ class KitEnv:
         return self.target.read_back(self.object)
 
     def runs_table(self) -> list[dict[str, Any]]:
-        engine = sa.create_engine(f"sqlite:///{self.root / '.tidegate' / 'state.db'}")
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("select * from tidegate_runs order by id")).mappings()
-            out = [dict(r) for r in rows]
-        engine.dispose()
-        return out
+        with closing(sqlite3.connect(self.root / ".tidegate" / "state.db", timeout=30)) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("select * from tidegate_runs order by id").fetchall()
+        return [dict(r) for r in rows]
 
 
 class ConformanceKit:
@@ -367,7 +366,7 @@ def _wait_for_batches(env: KitEnv, n: int, proc: subprocess.Popen[bytes]) -> Non
             raise AssertionError(f"the run ended before it could be killed: {err}")
         try:
             runs = env.runs_table()
-        except sa.exc.OperationalError:
+        except sqlite3.OperationalError:
             runs = []
         if runs and runs[-1]["batches"] >= n:
             return
