@@ -13,6 +13,7 @@ the destination refuses for good.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from tidegate.config import MODES, Mode
 
 Operation = Literal["insert", "update", "upsert", "delete"]
+_TUNABLE = ("max_records", "max_bytes", "requests_per_second", "concurrency")
 ALL_MODES: frozenset[Mode] = frozenset(MODES)
 
 
@@ -113,8 +115,18 @@ class Destination(ABC):
         self.target = target
 
     def limits(self) -> Capabilities:
-        """The capabilities in force for this instance (settings may lower them)."""
-        return self.capabilities
+        """The declared capabilities, with any setting of the same name applied.
+
+        A config model that has ``max_records``, ``max_bytes``,
+        ``requests_per_second`` or ``concurrency`` lets users tune that limit
+        (within the bounds its model allows).
+        """
+        overrides = {
+            name: value
+            for name in _TUNABLE
+            if (value := getattr(self.config, name, None)) is not None
+        }
+        return dataclasses.replace(self.capabilities, **overrides)
 
     def check(self) -> None:  # noqa: B027 - a destination with nothing to reach
         """Reach the destination, or raise DestinationError saying why not."""

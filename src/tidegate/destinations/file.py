@@ -56,10 +56,6 @@ class FileDestination(_Destination):
         root = Path(config.path)
         self.folder = (root if root.is_absolute() else target.project_root / root) / target.object
 
-    def limits(self) -> Capabilities:
-        return Capabilities(modes=ALL_MODES, max_records=self.settings.max_records,
-                            concurrency=2, matches_by=self.capabilities.matches_by)
-
     def check(self) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -92,11 +92,6 @@ class PostgresDestination(Destination):
         self._all: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
 
-    def limits(self) -> Capabilities:
-        return Capabilities(modes=ALL_MODES, max_records=self.settings.max_records,
-                            concurrency=self.settings.concurrency,
-                            matches_by=self.capabilities.matches_by)
-
     # Connections ------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:

@@ -157,17 +157,6 @@ class WebhookDestination(HttpDestination):
         }
         self._timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
 
-    def limits(self) -> Capabilities:
-        c = self.settings
-        return Capabilities(
-            modes=ALL_MODES,
-            max_records=c.max_records,
-            max_bytes=c.max_bytes,
-            requests_per_second=c.requests_per_second,
-            concurrency=c.concurrency,
-            matches_by=self.capabilities.matches_by,
-        )
-
     def body(self, batch: Batch) -> bytes:
         """The request body, concatenated from the batch's JSON text."""
         head = json.dumps(
