@@ -39,14 +39,14 @@ class FileConfig(DestinationConfig):
     type: Literal["file"]
     path: str
     format: Format = "parquet"
-    max_records: int = Field(default=100_000, gt=0)
+    max_records: int = Field(default=25_000, gt=0)
 
 
 class FileDestination(_Destination):
     kind = "file"
     config_model = FileConfig
     capabilities: ClassVar[Capabilities] = Capabilities(
-        modes=ALL_MODES, max_records=100_000, concurrency=2,
+        modes=ALL_MODES, max_records=25_000, concurrency=2,
         matches_by="`_tidegate_key` in every file",
     )
 
