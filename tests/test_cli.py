@@ -199,3 +199,36 @@ def test_every_command_is_documented_in_the_readme() -> None:
     assert names
     for name in names:
         assert f"`tidegate {name}" in readme, f"`tidegate {name}` is not in README.md"
+
+
+def test_sandbox_webhook_receives_a_signed_run(project_dir: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tidegate", "sandbox", "webhook", "--port", str(port),
+         "--secret", SECRET],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert f"127.0.0.1:{port}" in first, first
+        warehouse(project_dir / "warehouse.duckdb", 25)
+        url = f"http://127.0.0.1:{port}/hooks/tidegate"
+        project(project_dir, {"hook": {"type": "webhook", "url": url,
+                                       "secret": "${HOOK_SECRET}"}}, {"accounts": sync()})
+        result = cli("run", "accounts", "--project", str(project_dir), "--json", env=ENV)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["delivered"]["created"] == 25
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=20)[0]
+    assert "25" in output and "Traceback" not in output
