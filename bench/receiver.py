@@ -6,7 +6,9 @@ keep-alive and TCP_NODELAY, it reads only what framing needs (Content-Length or
 chunked bodies), and it answers ``200 {}`` as soon as a body is in. Each body is
 parsed as JSON only to count its records: a top-level array, an object's
 ``records`` list (tidegate's ``tidegate.batch`` document), an object's first
-list-valued member (any other batch wrapper), else one record.
+list-valued member (any other batch wrapper), else one record. It parses with
+orjson: the standard library's parser takes about a millisecond per
+1,000-record body, which would make the receiver the slowest part of a run.
 
     GET  /stats   the counts as JSON
     POST /reset   zero the counts; answers the counts from before
@@ -29,6 +31,8 @@ import threading
 import time
 from typing import Any
 
+import orjson
+
 _OK = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
        b"content-length: 2\r\n\r\n{}")
 _OK_CLOSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -43,7 +47,7 @@ def count_records(body: bytes) -> int:
     """How many records one delivery body holds; ``ValueError`` if it is not JSON."""
     if not body.strip():
         return 0
-    doc: Any = json.loads(body)
+    doc: Any = orjson.loads(body)
     if isinstance(doc, list):
         return len(doc)
     if isinstance(doc, dict):

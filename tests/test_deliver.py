@@ -94,7 +94,7 @@ class Scripted(Destination):
 def outgoing(key: str) -> Outgoing:
     batch = Batch(id=key, operation="upsert", keys=[key], table=pa.table({"id": [key]}),
                   fields=pa.array(["{}"]))
-    meta = pa.table({"__hash": [1], "__record": ["{}"], "__cat": ["added"]})
+    meta = pa.table({"__key": [key], "__hash": [1], "__cat": ["added"], "__fields": ["{}"]})
     return Outgoing(batch=batch, meta=meta)
 
 
@@ -103,7 +103,7 @@ def test_retries_honour_retry_after_and_back_off() -> None:
     dest = Scripted([RetryableError("busy", retry_after=7.0), RetryableError("busy"), None])
     results = []
     Deliverer(dest, concurrency=1, rate=None, sleep=clock.sleep, seed=1).run(
-        [outgoing('"a"')], lambda out, res: results.append(res))
+        [outgoing('"a"')], lambda settled: results.extend(res for _, res in settled))
     assert dest.calls == 3
     assert clock.sleeps[0] >= 7.0  # never sooner than the server asked
     assert 0 <= clock.sleeps[1] <= RetryPolicy().base_delay * 2
@@ -115,7 +115,7 @@ def test_a_destination_that_stays_down_fails_with_a_clear_message() -> None:
     dest = Scripted([RetryableError("HTTP 503")] * 10)
     with pytest.raises(DestinationError) as info:
         Deliverer(dest, concurrency=1, rate=None, sleep=clock.sleep).run(
-            [outgoing('"a"')], lambda out, res: None)
+            [outgoing('"a"')], lambda settled: None)
     assert dest.calls == RetryPolicy().max_attempts
     assert "5 attempt(s)" in str(info.value) and "HTTP 503" in str(info.value)
     assert "next run sends" in str(info.value)
@@ -125,7 +125,7 @@ def test_a_retry_after_longer_than_allowed_fails_at_once() -> None:
     dest = Scripted([RetryableError("slow down", retry_after=3600)])
     with pytest.raises(DestinationError):
         Deliverer(dest, concurrency=1, rate=None, sleep=lambda s: None).run(
-            [outgoing('"a"')], lambda out, res: None)
+            [outgoing('"a"')], lambda settled: None)
     assert dest.calls == 1
 
 
@@ -134,7 +134,8 @@ def test_concurrency_is_bounded_and_every_result_is_reported_once() -> None:
     seen: list[str] = []
     keys = [f'"k{i}"' for i in range(12)] + ['"bad"']
     Deliverer(dest, concurrency=3, rate=None).run(
-        (outgoing(k) for k in keys), lambda out, res: seen.append(out.batch.keys[0]))
+        (outgoing(k) for k in keys),
+        lambda settled: seen.extend(out.batch.keys[0] for out, _ in settled))
     assert sorted(seen) == sorted(keys)
     assert dest.peak == 3
 
@@ -144,5 +145,6 @@ def test_the_first_fatal_error_stops_new_batches_but_settles_those_in_flight() -
     seen: list[str] = []
     with pytest.raises(DestinationError, match="auth refused"):
         Deliverer(dest, concurrency=2, rate=None).run(
-            (outgoing(f'"k{i}"') for i in range(50)), lambda out, res: seen.append("x"))
+            (outgoing(f'"k{i}"') for i in range(50)),
+            lambda settled: seen.extend("x" for _ in settled))
     assert dest.calls < 50

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import SECRET
 from helpers import cli, project, sync, warehouse
+from tidegate import segments
 from tidegate.sandbox.webhook import WebhookReceiver
 
 PG_PASSWORD = "s3cret-pg-Passw0rd"
@@ -24,6 +25,11 @@ def everything_written(root: Path) -> str:
         for (table,) in conn.execute("select name from sqlite_master where type = 'table'"):
             parts.append(json.dumps(conn.execute(f"select * from {table}").fetchall(),
                                     default=str))
+        # State segments are Arrow with compressed records: read them decoded too.
+        for keys, records in conn.execute("select keys, records from tidegate_state_segments"):
+            parts.append(json.dumps(segments.decode(keys).to_pylist()))
+            parts.append(json.dumps(segments.decode(records).to_pylist()))
+    assert any('"record"' in p for p in parts), "the scan must see state records"
     return "\n".join(parts)
 
 

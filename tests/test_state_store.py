@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
+import pyarrow as pa
 import sqlalchemy as sa
 
 from conftest import SECRET
 from helpers import project, sync, warehouse
-from tidegate import Project
+from tidegate import Project, segments, state
 from tidegate.sandbox.webhook import WebhookReceiver
-from tidegate.store import MIGRATIONS, Store
+from tidegate.store import MIGRATIONS, V1, Store
 
 
 def test_migrations_are_recorded_and_idempotent(tmp_path: Path, pg_url: str) -> None:
@@ -62,11 +65,18 @@ def test_a_stale_snapshot_is_never_used(tmp_path: Path, receiver: WebhookReceive
     run(tmp_path)
     snapshots = list((tmp_path / ".tidegate" / "snapshots").glob("*.arrow"))
     assert len(snapshots) == 1
-    # Someone changes state behind the snapshot's back (another machine, a manual fix).
+    # Someone changes state behind the snapshot's back (another machine, a manual fix):
+    # keys 1 and 2 are forgotten by a segment that marks them removed.
     engine = sa.create_engine(f"sqlite:///{tmp_path / '.tidegate' / 'state.db'}")
     with engine.begin() as conn:
-        conn.execute(sa.text("delete from tidegate_state where key in ('1', '2')"))
         conn.execute(sa.text("update tidegate_state_versions set version = version + 1"))
+        conn.execute(sa.text(
+            "insert into tidegate_state_segments (sync, seq, rows, created_at, keys, records) "
+            "select 'accounts', version, 2, 'now', :keys, :records "
+            "from tidegate_state_versions where sync = 'accounts'"),
+            {"keys": segments.keys_blob(pa.array(["1", "2"]), pa.array([0, 0], pa.int64()),
+                                        pa.array([False, False])),
+             "records": segments.records_blob(pa.array([None, None], pa.string()))})
     engine.dispose()
     again = run(tmp_path)
     assert again["planned"]["added"] == 2
@@ -78,9 +88,93 @@ def test_state_keeps_the_acknowledged_record(tmp_path: Path, receiver: WebhookRe
                                 "secret": "${HOOK_SECRET}"}}, {"accounts": sync()})
     receiver.reject_keys([2])
     run(tmp_path)
-    engine = sa.create_engine(f"sqlite:///{tmp_path / '.tidegate' / 'state.db'}")
-    with engine.connect() as conn:
-        rows = dict(conn.execute(sa.text("select key, record from tidegate_state")).all())
-    engine.dispose()
+    with Project.load(tmp_path, env={"HOOK_SECRET": SECRET}) as p:
+        rows = state.records(p.store, "accounts")
     assert sorted(rows) == ["0", "1"]  # the rejected row is not in state
-    assert json.loads(rows["1"]) == {"id": 1, "name": "acct 1", "score": 13}
+    assert json.loads(rows["1"] or "") == {"name": "acct 1", "score": 13}
+
+
+def test_a_later_segment_supersedes_an_earlier_one(tmp_path: Path,
+                                                  receiver: WebhookReceiver) -> None:
+    warehouse(tmp_path / "warehouse.duckdb", 10)
+    project(tmp_path, {"hook": {"type": "webhook", "url": receiver.url,
+                                "secret": "${HOOK_SECRET}"}}, {"accounts": sync(mode="mirror")})
+    assert run(tmp_path)["status"] == "succeeded"
+    warehouse(tmp_path / "warehouse.duckdb",
+              sql="update accounts set score = 1000 + id where id < 3; delete from accounts "
+                  "where id = 9")
+    assert run(tmp_path)["delivered"] == {"created": 0, "updated": 3, "deleted": 1}
+    for snapshot in (tmp_path / ".tidegate" / "snapshots").glob("*.arrow"):
+        snapshot.unlink()  # the store alone must tell the truth
+    with Project.load(tmp_path, env={"HOOK_SECRET": SECRET}) as p:
+        rows = {k: json.loads(v or "") for k, v in state.records(p.store, "accounts").items()}
+        known = state.read_hashes(p.store, "accounts")
+    assert sorted(rows, key=int) == [str(i) for i in range(9)]  # 9 was removed
+    assert rows["1"]["score"] == 1001 and rows["5"]["score"] == (5 * 13) % 101
+    assert sorted(known.table["key"].to_pylist(), key=int) == [str(i) for i in range(9)]
+    assert run(tmp_path)["planned"]["unchanged"] == 9
+
+
+def test_compaction_keeps_exactly_the_live_state(tmp_path: Path, pg_url: str) -> None:
+    for url in ("sqlite:///state.db", pg_url):
+        store = Store(url, tmp_path)
+        state.reset(store, "s")
+        version = 0
+        with store.transaction() as tx:
+            for seq, (keys, live, score) in enumerate([
+                (["1", "2", "3"], [True, True, True], 1),
+                (["2", "4"], [True, True], 2),
+                (["3"], [False], 0),
+                (["4", "5"], [True, True], 3),
+            ], start=1):
+                tx.execute(
+                    "insert into tidegate_state_segments (sync, seq, rows, created_at, keys, "
+                    "records) values ('s', ?, ?, 'now', ?, ?)",
+                    (seq, len(keys),
+                     segments.keys_blob(pa.array(keys), pa.array([seq] * len(keys), pa.int64()),
+                                        pa.array(live)),
+                     segments.records_blob(pa.array(
+                         [json.dumps({"score": score}) if alive else None for alive in live]))))
+            version = int(tx.scalar("select version from tidegate_state_versions "
+                                    "where sync = 's'"))
+        before = state.records(store, "s")
+        assert before == {"1": '{"score": 1}', "2": '{"score": 2}', "4": '{"score": 3}',
+                          "5": '{"score": 3}'}
+        assert state.compaction_due(store, "s", live=4) is False
+        assert state.compact(store, "s", memory_limit="64MB", spill=tmp_path) == 1
+        assert state.records(store, "s") == before
+        hashes = state.read_hashes(store, "s").table
+        assert dict(zip(hashes["key"].to_pylist(), hashes["hash"].to_pylist(),
+                        strict=True)) == {"1": 1, "2": 2, "4": 4, "5": 4}
+        assert state.current_version(store, "s") == version  # same content, same version
+        with store.transaction() as tx:
+            assert tx.scalar("select count(*) from tidegate_state_segments "
+                             "where sync = 's'") == 1
+        store.close()
+
+
+def test_version_one_state_moves_into_segments(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("create table tidegate_schema (version integer not null)")
+        conn.execute("insert into tidegate_schema values (1)")
+        for statement in V1:
+            assert isinstance(statement, str)
+            conn.execute(statement.replace("{serial}", "integer primary key autoincrement")
+                         .replace("{bool}", "integer"))
+        conn.executemany(
+            "insert into tidegate_state (sync, key, hash, record, run_id, updated_at) "
+            "values (?, ?, ?, ?, 1, 'then')",
+            [("a", str(i), i * 7, json.dumps({"v": i})) for i in range(250)]
+            + [("b", "x", 1, '{"v": "x"}')])
+        conn.execute("insert into tidegate_state_versions values ('a', 12), ('b', 3)")
+    store = Store("sqlite:///state.db", tmp_path)
+    assert state.records(store, "a") == {str(i): json.dumps({"v": i}) for i in range(250)}
+    assert state.records(store, "b") == {"x": '{"v": "x"}'}
+    assert state.current_version(store, "a") == 12
+    table = state.read_hashes(store, "a").table
+    assert sorted(table["hash"].to_pylist()) == [i * 7 for i in range(250)]
+    with store.transaction() as tx:
+        tables = {r[0] for r in tx.execute("select name from sqlite_master where type='table'")}
+    assert "tidegate_state" not in tables
+    store.close()

@@ -7,6 +7,7 @@ rejected or invalid rows. No traceback ever reaches the user.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -373,11 +374,14 @@ def _print_summaries(results: list[dict[str, Any]], title: str = "summary") -> N
 
 def main() -> None:
     """Console entry point: never lets a traceback reach the user."""
+    code = 0
     try:
         app()
+    except SystemExit as exc:
+        code = _system_exit_code(exc.code)
     except KeyboardInterrupt:
         err.print("interrupted; what was acknowledged is kept, rerun to send the rest")
-        sys.exit(130)
+        code = 130
     except Exception as exc:  # a bug: say so briefly, keep secrets out
         err.print(f"internal error: {redact(type(exc).__name__ + ': ' + str(exc))}")
         err.print("please report it; rerun with TIDEGATE_LOG=debug for details")
@@ -385,4 +389,29 @@ def main() -> None:
             import traceback
 
             err.print(redact(traceback.format_exc()))
-        sys.exit(1)
+        code = 1
+    _leave(code)
+
+
+def _system_exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    err.print(str(code))
+    return 1
+
+
+def _leave(code: int) -> NoReturn:
+    """End the process without tearing the interpreter down.
+
+    By now the command has closed what it opened (state store, DuckDB, HTTP
+    clients) and written its output; what teardown would add is freeing
+    DuckDB, Arrow and a few hundred modules object by object, about a tenth
+    of a second on every command.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)

@@ -93,16 +93,24 @@ class Deliverer:
         self.stop = threading.Event()
 
     def run(
-        self, batches: Iterable[Outgoing], on_result: Callable[[Outgoing, BatchResult], None]
+        self,
+        batches: Iterable[Outgoing],
+        on_results: Callable[[list[tuple[Outgoing, BatchResult]]], None],
     ) -> None:
-        """Deliver every batch; raise the first fatal error after in-flight ones settle."""
+        """Deliver every batch; raise the first fatal error after in-flight ones settle.
+
+        Up to twice ``concurrency`` batches are prepared ahead, so a sender
+        never waits for the next batch to be cut. ``on_results`` gets the
+        batches that settled together, so their state can commit as one.
+        """
         failure: BaseException | None = None
+        ahead = 2 * self.concurrency
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="tidegate-send") as pool:
             pending: dict[Future[BatchResult], Outgoing] = {}
             source: Iterator[Outgoing] = iter(batches)
             exhausted = False
             while pending or not exhausted:
-                while not exhausted and failure is None and len(pending) < self.concurrency:
+                while not exhausted and failure is None and len(pending) < ahead:
                     out = next(source, None)
                     if out is None:
                         exhausted = True
@@ -111,15 +119,16 @@ class Deliverer:
                 if not pending:
                     break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                settled = []
                 for future in done:
                     out = pending.pop(future)
                     try:
-                        result = future.result()
+                        settled.append((out, future.result()))
                     except BaseException as exc:
                         failure = failure or exc
                         self.stop.set()
-                        continue
-                    on_result(out, result)
+                if settled:
+                    on_results(settled)
                 if failure is not None:
                     exhausted = True
         if failure is not None:

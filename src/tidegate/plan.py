@@ -11,12 +11,11 @@ Tables of one plan (DuckDB, temporary):
            __hash, the record's columns under destination names
     diff   keys whose fate is not "unchanged": __key, __cat (added/changed/removed)
     send   what the sync's mode sends, in order: __op, __cat, __key, __hash,
-           __fields and __record (JSON text), the record's columns
+           __fields (the mapped values as JSON text), the record's columns
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import itertools
 import json
@@ -25,7 +24,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,11 @@ SENDS: dict[Mode, dict[str, Operation]] = {
 _OP_ORDER = {"insert": 0, "upsert": 1, "update": 2, "delete": 3}
 _RECORD_OVERHEAD = 24  # bytes a record adds to a JSON body beyond its key and fields
 _CHUNK_ROWS = 20_000  # rows per read from DuckDB while cutting batches: bounds memory
+# Compute functions get Arrow scalars: given a Python value, pyarrow looks for
+# optional converters (an import attempt) on every call.
+_ZERO = pa.scalar(0, pa.int64())
+_EMPTY = pa.scalar("", pa.string())
+_OVERHEAD = pa.scalar(_RECORD_OVERHEAD, pa.int64())
 
 
 _ATTACHED = "__tidegate_model"
@@ -93,19 +96,7 @@ class Outgoing:
     """
 
     batch: Batch
-    meta: pa.Table  # __hash, __record, __cat
-
-    @cached_property
-    def hashes(self) -> list[int | None]:
-        return list(self.meta.column("__hash").to_pylist())
-
-    @cached_property
-    def records(self) -> list[str | None]:
-        return list(self.meta.column("__record").to_pylist())
-
-    @cached_property
-    def categories(self) -> list[str]:
-        return list(self.meta.column("__cat").to_pylist())
+    meta: pa.Table  # __key, __hash, __cat, __fields
 
 
 @dataclass
@@ -134,7 +125,7 @@ class Plan:
         cols = ", ".join(_q(c) for c in self.record_fields)
         self.con.execute("set preserve_insertion_order = true")
         reader = self.con.sql(
-            f"select __op, __cat, __key, __hash, __fields, __record, {cols} from send"
+            f"select __op, __cat, __key, __hash, __fields, {cols} from send"
         ).to_arrow_reader(_CHUNK_ROWS)
         carry: pa.Table | None = None
         for chunk in reader:
@@ -153,9 +144,12 @@ class Plan:
     def _outgoing(self, table: pa.Table) -> Outgoing:
         op: Operation = table.column("__op")[0].as_py()
         keys = table.column("__key").to_pylist()
+        # The id is derived from the content, so a batch resent after a crash
+        # usually carries the same id; the hashes go in as their raw bytes.
+        hashes = table.column("__hash").combine_chunks().fill_null(_ZERO)
         digest = hashlib.sha256(f"{self.sync}\n{op}\n".encode())
         digest.update("\n".join(keys).encode())
-        digest.update(",".join(map(str, table.column("__hash").to_pylist())).encode())
+        digest.update(hashes.buffers()[1].slice(hashes.offset * 8, len(hashes) * 8))
         batch = Batch(
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
@@ -163,7 +157,7 @@ class Plan:
             table=table.select(self.record_fields),
             fields=None if op == "delete" else table.column("__fields"),
         )
-        return Outgoing(batch=batch, meta=table.select(["__hash", "__record", "__cat"]))
+        return Outgoing(batch=batch, meta=table.select(["__key", "__hash", "__cat", "__fields"]))
 
     def invalid_rows(self) -> Iterator[tuple[str, str, str]]:
         """(key, reason, record JSON) of every invalid row."""
@@ -494,7 +488,6 @@ class Planner:
         ) + " end"
         present = "__cat <> 'removed'"
         fields_json = f"to_json(struct_pack({_struct_args(mapped)}))"
-        record_json = f"to_json(struct_pack({_struct_args(list(record))}))"
         cats = ", ".join(f"'{c}'" for c in sends)
         cols = ", ".join(self._record_columns(con, record, keys))
         # JSON is made after the sort, so the sort moves narrow rows.
@@ -503,7 +496,6 @@ class Planner:
             create temp view send as
             select __op, __ord, __cat, __key, __hash,
                    case when {present} then {fields_json} end as __fields,
-                   case when {present} then {record_json} end as __record,
                    {", ".join(_q(c) for c in record)}
             from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key, d.__hash,
                          {cols}
@@ -522,25 +514,34 @@ def _cuts(
 ) -> list[int]:
     """Batch boundaries: a batch ends at an operation change or at either limit.
 
-    Without ``final`` the last, possibly unfinished batch is left out.
+    Without ``final`` the last, possibly unfinished batch is left out. Python
+    steps once per batch: sizes are summed in Arrow and read only at the cuts.
     """
     n = table.num_rows
     ops = table.column("__op").combine_chunks()
     changes = pc.indices_nonzero(pc.not_equal(ops.slice(1), ops.slice(0, n - 1))).to_pylist()
     ends = [*(c + 1 for c in changes), n]
-    lengths = pc.add(
-        pc.binary_length(table.column("__key")),
-        pc.binary_length(table.column("__fields").fill_null("")),
-    ).to_pylist()
-    sizes = list(itertools.accumulate(size + _RECORD_OVERHEAD for size in lengths))
+    sizes: pa.Array | None = None
+    if max_bytes is not None:
+        lengths = pc.add(
+            pc.binary_length(table.column("__key")).cast(pa.int64()),
+            pc.binary_length(table.column("__fields").fill_null(_EMPTY)).cast(pa.int64()),
+        )
+        sizes = pc.cumulative_sum(pc.add(lengths, _OVERHEAD)).combine_chunks()
+
+    def upto(i: int) -> int:  # bytes of rows [0, i)
+        return int(sizes[i - 1].as_py()) if sizes is not None and i else 0
+
     cuts, start = [0], 0
     for end in ends:
         while start < end:
             stop = min(start + max_records, end)
-            if max_bytes is not None:
-                base = sizes[start - 1] if start else 0
-                fit = bisect.bisect_right(sizes, base + max_bytes)
-                stop = max(start + 1, min(stop, fit))
+            if max_bytes is not None and upto(stop) - upto(start) > max_bytes:
+                base, low, high = upto(start), start + 1, stop  # one record always goes
+                while low < high:
+                    mid = (low + high + 1) // 2
+                    low, high = (mid, high) if upto(mid) - base <= max_bytes else (low, mid - 1)
+                stop = low
             if stop == n and not final and stop - start < max_records:
                 return cuts
             cuts.append(stop)

@@ -1,32 +1,42 @@
 """State: per sync and key, the record the destination last acknowledged, and its hash.
 
-The planner reads (key, hash) pairs as one Arrow table. Reading a million
-rows out of SQLite costs seconds, so after each run the (key, hash) pairs are
-also kept as a local Arrow snapshot, labelled with the state version it
+State is a log of segments (see ``segments``). Each acknowledged batch
+appends one — its keys, hashes and records — in the same transaction as the
+run's progress and rejected rows, so a crash at any point leaves state equal
+to what the destination acknowledged, and committing a batch costs one insert
+however many records it holds. A key's truth is its entry in the latest
+segment that has it; a removed key leaves an entry marked not live. When a
+sync's segments grow many or hold mostly superseded entries, ``compact``
+rewrites them as a few large ones.
+
+The planner reads (key, hash) pairs as one Arrow table. After each run they
+are also kept as a local Arrow snapshot, labelled with the state version it
 equals; every transaction that changes a sync's state bumps that version, so a
-snapshot that is not exactly the truth is never used. Writes happen per
-acknowledged batch, in the same transaction as the run's progress and rejected
-rows: a crash at any point leaves state equal to what the destination
-acknowledged.
+snapshot that is not exactly the truth is never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from tidegate import segments
 from tidegate.plan import Outgoing
 from tidegate.runs import now
 from tidegate.store import Store, Tx
 
 STATE_SCHEMA = pa.schema([("key", pa.string()), ("hash", pa.int64())])
-_FETCH_ROWS = 100_000
+_PAGE = 256  # segments per read: bounds memory while reading a large state
+# Above this many segments a sync's state is compacted at the end of a run; a
+# first run in batches of 1,000 records stays under it up to a million rows.
+_MAX_SEGMENTS = 1_024
 
 
 @dataclass
@@ -64,32 +74,59 @@ def current_version(store: Store, sync: str) -> int:
 
 
 def _read_store(store: Store, sync: str) -> pa.Table:
-    if store.dialect == "postgresql":
-        fast = _read_postgres(store, sync)
-        if fast is not None:
-            return fast
-    batches = []
-    with store.transaction() as tx:
-        cursor = tx.cursor("select key, hash from tidegate_state where sync = ?", (sync,))
-        while part := cursor.fetchmany(_FETCH_ROWS):
-            keys, hashes = zip(*part, strict=True)
-            batches.append(pa.record_batch(
-                [pa.array(keys, pa.string()), pa.array(hashes, pa.int64())], schema=STATE_SCHEMA
-            ))
-    return pa.Table.from_batches(batches, schema=STATE_SCHEMA)
+    """The latest (key, hash) of every live key, from the sync's segments."""
+    parts = [
+        segments.decode(blob).append_column("seq", _constant(seq, rows))
+        for seq, rows, blob in _segment_pages(store, sync, "keys")
+    ]
+    if not parts:
+        return STATE_SCHEMA.empty_table()
+    return _latest(pa.concat_tables(parts), ["hash"])
 
 
-def _read_postgres(store: Store, sync: str) -> pa.Table | None:
-    """PostgreSQL's COPY through ADBC: Arrow without a Python object per row."""
+def _segment_pages(store: Store, sync: str, column: str) -> Iterator[tuple[int, int, bytes]]:
+    """(seq, rows, blob) of each segment, fetched a page at a time so memory stays bounded."""
+    after = 0
+    while True:
+        with store.transaction() as tx:
+            page = tx.execute(
+                f"select id, seq, rows, {column} from tidegate_state_segments "
+                "where sync = ? and id > ? order by id limit ?",
+                (sync, after, _PAGE),
+            )
+        for _, seq, rows, blob in page:
+            yield int(seq), int(rows), blob
+        if len(page) < _PAGE:
+            return
+        after = int(page[-1][0])
+
+
+def _constant(value: int, rows: int) -> pa.Array:
+    return pa.nulls(rows, pa.int64()).fill_null(pa.scalar(value, pa.int64()))
+
+
+def _all_true(rows: int) -> pa.Array:
+    return pa.nulls(rows, pa.bool_()).fill_null(_TRUE)
+
+
+# Compute functions get Arrow scalars: given a Python value, pyarrow looks for
+# optional converters (an import attempt) on every call.
+_TRUE = pa.scalar(True)
+_ADDED = pa.scalar("added")
+_REMOVED = pa.scalar("removed")
+
+
+def _latest(table: pa.Table, columns: list[str]) -> pa.Table:
+    """Per key, ``columns`` from its latest segment; keys whose latest entry is removed go."""
+    con = duckdb.connect()
     try:
-        import adbc_driver_postgresql.dbapi as adbc
-    except ImportError:
-        return None
-    uri = "postgresql://" + store.url.split("://", 1)[1]
-    with adbc.connect(uri) as conn, conn.cursor() as cur:
-        cur.execute("select key, hash from tidegate_state where sync = $1", parameters=(sync,))
-        table = cur.fetch_arrow_table()
-    return table.cast(STATE_SCHEMA) if table.num_rows else STATE_SCHEMA.empty_table()
+        con.register("entries", table)
+        picked = ", ".join(f"arg_max({c}, seq) as {c}" for c in columns)
+        return con.sql(
+            f"select key, {picked} from entries group by key having arg_max(live, seq)"
+        ).to_arrow_table()
+    finally:
+        con.close()
 
 
 def _snapshot_path(snapshots: Path, store: Store, sync: str) -> Path:
@@ -126,24 +163,31 @@ def save_snapshot(
 
 
 def count(store: Store, sync: str) -> int:
-    with store.transaction() as tx:
-        return int(tx.scalar("select count(*) from tidegate_state where sync = ?", (sync,)))
+    """How many keys state holds for ``sync``."""
+    return int(_read_store(store, sync).num_rows)
 
 
 def records(store: Store, sync: str) -> dict[str, str | None]:
     """Every acknowledged record of ``sync`` as JSON text, by key (for tests and audits)."""
-    with store.transaction() as tx:
-        rows = tx.execute("select key, record from tidegate_state where sync = ?", (sync,))
-    return {r[0]: r[1] for r in rows}
+    parts = []
+    for (seq, rows, keys), (_, _, recs) in zip(
+        _segment_pages(store, sync, "keys"), _segment_pages(store, sync, "records"), strict=True
+    ):
+        table = segments.decode(keys).append_column("record", segments.decode(recs)["record"])
+        parts.append(table.append_column("seq", _constant(seq, rows)))
+    if not parts:
+        return {}
+    latest = _latest(pa.concat_tables(parts), ["record"])
+    return dict(zip(latest["key"].to_pylist(), latest["record"].to_pylist(), strict=True))
 
 
 def reset(store: Store, sync: str) -> int:
     """Forget everything acknowledged for ``sync``; the next run sends every row."""
+    forgotten = count(store, sync)
     with store.transaction() as tx:
-        forgotten = int(tx.scalar("select count(*) from tidegate_state where sync = ?", (sync,)))
-        tx.execute("delete from tidegate_state where sync = ?", (sync,))
+        tx.execute("delete from tidegate_state_segments where sync = ?", (sync,))
         _bump(tx, sync)
-        return forgotten
+    return forgotten
 
 
 def _bump(tx: Tx, sync: str) -> int:
@@ -164,76 +208,159 @@ class Committed:
     version: int
 
 
-def commit_batch(
+def commit_batches(
     store: Store,
     *,
     sync: str,
-    mode: str,
     run_id: int,
-    out: Outgoing,
-    rejected: dict[str, str],
+    acknowledged: Sequence[tuple[Outgoing, dict[str, str]]],
 ) -> Committed:
-    """Advance state for the acknowledged records of ``out`` and record the rejected.
+    """Advance state for the acknowledged records of each batch and record the rejected.
 
-    Returns what this batch changed: delivered counts, the keys kept or dropped,
-    and the state version after it.
+    ``acknowledged`` pairs each batch with its rejected keys (key → reason).
+    The accepted records become one segment; with the run's progress, the
+    rejected rows and the state version, that is one transaction. Returns what
+    changed: delivered counts, the keys kept or dropped, and the state version
+    after it.
     """
-    keep: list[tuple[Any, ...]] = []
-    kept_keys: list[str] = []
-    kept_hashes: list[int | None] = []
-    drop: list[str] = []
     delivered = {"created": 0, "updated": 0, "deleted": 0}
-    op = out.batch.operation
-    stamp = now()
-    # Rows go to the driver as plain tuples: a million of them is a first sync's
-    # normal size, and per-row dicts through the ORM layer cost seconds and memory.
-    stored_at = stamp.isoformat()
-    for key, h, record, cat in zip(
-        out.batch.keys, out.hashes, out.records, out.categories, strict=True
-    ):
-        if key in rejected:
-            continue
-        if op == "delete":
-            delivered["deleted"] += 1
-        elif cat == "added" and op != "update":
-            delivered["created"] += 1
-        else:
-            delivered["updated"] += 1
-        if op == "delete" and cat == "removed":
-            drop.append(key)
-        else:
-            keep.append((sync, key, h, record, run_id, stored_at))
-            kept_keys.append(key)
-            kept_hashes.append(h)
-    with store.transaction() as tx:
-        tx.executemany(_UPSERT, keep)
-        tx.executemany("delete from tidegate_state where sync = ? and key = ?",
-                       [(sync, key) for key in drop])
+    keys, hashes, alive, fields = [], [], [], []
+    for out, rejected in acknowledged:
+        meta = out.meta
         if rejected:
-            _record_rejected(tx, sync, run_id, out, rejected)
+            refused = pa.array(list(rejected), pa.string())
+            meta = meta.filter(pc.invert(pc.is_in(meta["__key"], value_set=refused)))
+        op, n = out.batch.operation, meta.num_rows
+        categories = meta["__cat"].combine_chunks()
+        if op == "delete":
+            delivered["deleted"] += n
+            alive.append(pc.not_equal(categories, _REMOVED))
+        else:
+            created = 0 if op == "update" else int(pc.sum(pc.equal(categories, _ADDED)).as_py()
+                                                   or 0)
+            delivered["created"] += created
+            delivered["updated"] += n - created
+            alive.append(_all_true(n))
+        keys.append(meta["__key"].combine_chunks())
+        hashes.append(meta["__hash"].combine_chunks())
+        fields.append(meta["__fields"].combine_chunks())
+    key = pa.concat_arrays(keys)
+    hash_ = pa.concat_arrays(hashes)
+    live = pa.concat_arrays(alive)
+    rows = len(key)
+    refused_total = sum(len(rejected) for _, rejected in acknowledged)
+    stamp = now().isoformat()
+    with store.transaction() as tx:
+        version = _bump(tx, sync)
+        if rows:
+            tx.execute(
+                "insert into tidegate_state_segments (sync, seq, run_id, rows, created_at, "
+                "keys, records) values (?, ?, ?, ?, ?, ?, ?)",
+                (sync, version, run_id, rows, stamp, segments.keys_blob(key, hash_, live),
+                 segments.records_blob(pa.concat_arrays(fields))),
+            )
+        for out, rejected in acknowledged:
+            if rejected:
+                _record_rejected(tx, sync, run_id, out, rejected)
         tx.execute(
             "update tidegate_runs set delivered_created = delivered_created + ?, "
             "delivered_updated = delivered_updated + ?, delivered_deleted = delivered_deleted + ?, "
-            "rejected = rejected + ?, batches = batches + 1, heartbeat_at = ? where id = ?",
-            (delivered["created"], delivered["updated"], delivered["deleted"], len(rejected),
-             stored_at, run_id),
+            "rejected = rejected + ?, batches = batches + ?, heartbeat_at = ? where id = ?",
+            (delivered["created"], delivered["updated"], delivered["deleted"], refused_total,
+             len(acknowledged), stamp, run_id),
         )
-        version = _bump(tx, sync)
     return Committed(
         delivered=delivered,
-        kept=pa.table({"key": pa.array(kept_keys, pa.string()),
-                       "hash": pa.array(kept_hashes, pa.int64())}),
-        dropped=pa.array(drop, pa.string()),
+        kept=pa.table({"key": key, "hash": hash_}).filter(live),
+        dropped=key.filter(pc.invert(live)),
         version=version,
     )
 
 
-_UPSERT = (
-    "insert into tidegate_state (sync, key, hash, record, run_id, updated_at) "
-    "values (?, ?, ?, ?, ?, ?) "
-    "on conflict (sync, key) do update set hash = excluded.hash, record = excluded.record, "
-    "run_id = excluded.run_id, updated_at = excluded.updated_at"
-)
+def compaction_due(store: Store, sync: str, live: int) -> bool:
+    """Whether ``sync``'s segments have grown many, or hold mostly superseded entries."""
+    with store.transaction() as tx:
+        found = tx.execute(
+            "select count(*), coalesce(sum(rows), 0) from tidegate_state_segments where sync = ?",
+            (sync,),
+        )
+    segs, stored = (int(v) for v in found[0])
+    return segs > _MAX_SEGMENTS or stored > 2 * live + segments.SEGMENT_ROWS
+
+
+def compact(store: Store, sync: str, *, memory_limit: str, spill: Path | None) -> int:
+    """Rewrite ``sync``'s segments as few large ones holding only the live entries.
+
+    One transaction: a crash leaves the old segments. DuckDB does the merge, so
+    memory stays within ``memory_limit`` (spilling to ``spill``) however large
+    the state. The state's content is unchanged, so its version is too.
+    Returns the number of segments written.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute(f"set memory_limit = '{memory_limit}'")
+        if spill is not None:
+            con.execute(f"set temp_directory = '{spill}'")
+        con.execute("set preserve_insertion_order = false")
+        con.execute("create table entries (key varchar, hash bigint, live boolean, "
+                    "record varchar, seq bigint)")
+        with store.transaction() as tx:
+            tx.lock(f"tidegate-state:{sync}")
+            top, seq_max, after = 0, 0, 0
+            while True:
+                page = tx.execute(
+                    "select id, seq, rows, keys, records from tidegate_state_segments "
+                    "where sync = ? and id > ? order by id limit ?", (sync, after, _PAGE))
+                for seg_id, seq, rows, keys, recs in page:
+                    part = segments.decode(keys)
+                    part = part.append_column("record", segments.decode(recs)["record"])
+                    part = part.append_column("seq", _constant(int(seq), int(rows)))
+                    con.register("part", part)
+                    con.execute("insert into entries select key, hash, live, record, seq from part")
+                    con.unregister("part")
+                    top, seq_max = max(top, int(seg_id)), max(seq_max, int(seq))
+                if len(page) < _PAGE:
+                    break
+                after = int(page[-1][0])
+            tx.execute("delete from tidegate_state_segments where sync = ? and id <= ?",
+                       (sync, top))
+            reader = con.sql(
+                "select key, arg_max(hash, seq) as hash, arg_max(record, seq) as record "
+                "from entries group by key having arg_max(live, seq)"
+            ).to_arrow_reader(segments.SEGMENT_ROWS)
+            written = 0
+            stamp = now().isoformat()
+            for chunk in _rebatched(reader, segments.SEGMENT_ROWS):
+                n = chunk.num_rows
+                tx.execute(
+                    "insert into tidegate_state_segments (sync, seq, run_id, rows, created_at, "
+                    "keys, records) values (?, ?, null, ?, ?, ?, ?)",
+                    (sync, seq_max, n, stamp,
+                     segments.keys_blob(chunk.column("key"), chunk.column("hash"),
+                                        _all_true(n)),
+                     segments.records_blob(chunk.column("record"))),
+                )
+                written += 1
+        return written
+    finally:
+        con.close()
+
+
+def _rebatched(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of ``rows`` (the last may be short): DuckDB hands out smaller vectors."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in reader:
+        pending.append(batch)
+        held += batch.num_rows
+        if held >= rows:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield from table.slice(0, rows).to_batches(max_chunksize=rows)
+            rest = table.slice(rows)
+            pending, held = ([*rest.to_batches()], rest.num_rows)
+    if held:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches(
+            max_chunksize=rows)
 
 
 def _record_rejected(
@@ -249,7 +376,7 @@ def _record_rejected(
             (sync, *chunk),
         )
         attempts.update({r[0]: int(r[1]) for r in rows})
-    record_of = dict(zip(out.batch.keys, out.records, strict=True))
+    record_of = dict(zip(out.batch.keys, out.meta["__fields"].to_pylist(), strict=True))
     tx.executemany(
         "insert into tidegate_row_errors (run_id, sync, key, kind, error, attempt, record) "
         "values (?, ?, ?, 'rejected', ?, ?, ?)",

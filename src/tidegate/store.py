@@ -16,8 +16,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tidegate.redact import redact, redact_url
 _TYPES = {
     "serial": ("integer primary key autoincrement", "bigserial primary key"),
     "bool": ("integer", "boolean"),
+    "blob": ("blob", "bytea"),
 }
 
 
@@ -38,7 +40,7 @@ def _ddl(dialect: str, text: str) -> str:
     return text
 
 
-V1 = [
+V1: list[str | Callable[[Tx], None]] = [
     """create table if not exists tidegate_runs (
         id {serial},
         sync text not null,
@@ -97,7 +99,57 @@ V1 = [
     )""",
 ]
 
-MIGRATIONS: list[list[str]] = [V1]
+
+
+def _rows_to_segments(tx: Tx) -> None:
+    """Move V1's row-per-key state into segments, a sync at a time, in large parts."""
+    import pyarrow as pa
+
+    from tidegate import segments
+
+    syncs = [r[0] for r in tx.execute("select distinct sync from tidegate_state")]
+    for sync in syncs:
+        seq = int(tx.scalar("select version from tidegate_state_versions where sync = ?",
+                            (sync,)) or 0)
+        after = ""
+        while True:
+            rows = tx.execute(
+                "select key, hash, record from tidegate_state where sync = ? and key > ? "
+                "order by key limit ?", (sync, after, segments.SEGMENT_ROWS))
+            if not rows:
+                break
+            keys, hashes, records = zip(*rows, strict=True)
+            tx.execute(
+                "insert into tidegate_state_segments (sync, seq, run_id, rows, created_at, "
+                "keys, records) values (?, ?, null, ?, ?, ?, ?)",
+                (sync, seq, len(rows), _now_text(),
+                 segments.keys_blob(pa.array(keys, pa.string()), pa.array(hashes, pa.int64()),
+                                    pa.array([True] * len(rows), pa.bool_())),
+                 segments.records_blob(pa.array(records, pa.string()))),
+            )
+            after = keys[-1]
+
+
+# State moves from one row per key to one row per acknowledged batch (see
+# ``segments``): committing a batch costs one insert however many records it has.
+V2: list[str | Callable[[Tx], None]] = [
+    """create table if not exists tidegate_state_segments (
+        id {serial},
+        sync text not null,
+        seq bigint not null,
+        run_id bigint,
+        rows bigint not null,
+        created_at text not null,
+        keys {blob} not null,
+        records {blob} not null
+    )""",
+    "create index if not exists ix_tidegate_state_segments_sync "
+    "on tidegate_state_segments (sync, id)",
+    _rows_to_segments,
+    "drop table tidegate_state",
+]
+
+MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2]
 
 
 class Tx:
@@ -231,8 +283,11 @@ class Store:
                     f"(schema {current}); upgrade tidegate"
                 )
             for version in range(current, len(MIGRATIONS)):
-                for statement in MIGRATIONS[version]:
-                    tx.execute(_ddl(self.dialect, statement))
+                for step in MIGRATIONS[version]:
+                    if isinstance(step, str):
+                        tx.execute(_ddl(self.dialect, step))
+                    else:
+                        step(tx)
             if current < len(MIGRATIONS):
                 tx.execute("delete from tidegate_schema")
                 tx.execute("insert into tidegate_schema (version) values (?)",
@@ -253,6 +308,10 @@ def _resolve(url: str, root: Path) -> str:
     if url.startswith("postgresql+psycopg://"):
         return "postgresql://" + url.removeprefix("postgresql+psycopg://")
     return url
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def _lock_key(name: str) -> int:

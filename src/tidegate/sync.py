@@ -105,7 +105,9 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
     finally:
         reporter.finish()
         if plan is not None and progress is not None and progress.exact:
-            _save_snapshot(project, name, plan, progress)
+            live = _save_snapshot(project, name, plan, progress)
+            if live is not None and progress.kept:
+                _compact_if_due(project, name, live)
         for closeable in (plan, source, destination):
             if closeable is not None:
                 closeable.close()
@@ -126,12 +128,27 @@ class Progress:
     exact: bool = True  # False once a commit may or may not have happened
 
 
-def _save_snapshot(project: Project, name: str, plan: Plan, progress: Progress) -> None:
+def _save_snapshot(project: Project, name: str, plan: Plan, progress: Progress) -> int | None:
+    """Keep the state this run left as a snapshot; return how many keys it holds."""
     try:
         after = plan.state_after(progress.kept, progress.dropped)
         state.save_snapshot(project.snapshot_dir, project.store, name, progress.version, after)
     except (OSError, duckdb.Error) as exc:  # only a cache: the next run reads the store
         log.warning("could not keep the state snapshot of %s: %s", name, exc)
+        return None
+    return int(after.num_rows)
+
+
+def _compact_if_due(project: Project, name: str, live: int) -> None:
+    try:
+        if state.compaction_due(project.store, name, live):
+            spill = project.root / ".tidegate" / "work"
+            spill.mkdir(parents=True, exist_ok=True)
+            written = state.compact(project.store, name, memory_limit=project.memory_limit,
+                                    spill=spill)
+            log.info("compacted the state of %s into %s segment(s)", name, written)
+    except (duckdb.Error, OSError) as exc:  # maintenance: the state is whole either way
+        log.warning("could not compact the state of %s: %s", name, redact(str(exc)))
 
 
 def _make_plan(
@@ -191,19 +208,20 @@ def _deliver(
     reporter.phase("sending")
     reporter.start(total)
 
-    def on_result(out: Outgoing, result: BatchResult) -> None:
-        rejected = {k: redact(v) for k, v in result.rejected.items()}
+    def on_results(settled: list[tuple[Outgoing, BatchResult]]) -> None:
+        acknowledged = [(out, {k: redact(v) for k, v in result.rejected.items()})
+                        for out, result in settled]
         progress.exact = False
-        done = state.commit_batch(
-            project.store, sync=name, mode=sync.mode, run_id=run_id, out=out, rejected=rejected
-        )
+        done = state.commit_batches(project.store, sync=name, run_id=run_id,
+                                    acknowledged=acknowledged)
         progress.kept.append(done.kept)
         progress.dropped.append(done.dropped)
         progress.version = done.version
         progress.exact = True
-        reporter.advance(len(out.batch))
-        log.info("batch %s (%s, %s records, %s rejected) acknowledged",
-                 out.batch.id, out.batch.operation, len(out.batch), len(rejected))
+        for out, rejected in acknowledged:
+            reporter.advance(len(out.batch))
+            log.info("batch %s (%s, %s records, %s rejected) acknowledged",
+                     out.batch.id, out.batch.operation, len(out.batch), len(rejected))
 
     rates = [r for r in (caps.requests_per_second, sync.requests_per_second) if r]
     deliverer = Deliverer(
@@ -211,7 +229,7 @@ def _deliver(
         retry=project.retry,
     )
     try:
-        deliverer.run(plan.outgoing(batch_size, caps.max_bytes), on_result)
+        deliverer.run(plan.outgoing(batch_size, caps.max_bytes), on_results)
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc
 

@@ -1,0 +1,41 @@
+"""State segments: how one acknowledged batch's state is encoded in the state store.
+
+A segment is two Arrow IPC streams kept in one row of ``tidegate_state_segments``:
+
+    keys     key (JSON text), hash (int64), live (false: the key was removed)
+    records  record: the mapped values acknowledged, as JSON text (NULL when removed)
+
+The two are separate so that reading (key, hash) pairs for a diff never reads
+the records. Records are LZ4-compressed: JSON text shrinks about sevenfold,
+and a first sync's commit time is mostly the bytes it writes.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+KEYS_SCHEMA = pa.schema([("key", pa.string()), ("hash", pa.int64()), ("live", pa.bool_())])
+RECORDS_SCHEMA = pa.schema([("record", pa.string())])
+# Rows per segment written by compaction and migration: large enough that a big
+# sync is a few hundred rows of the table, small enough to build in memory.
+SEGMENT_ROWS = 100_000
+
+
+def encode(table: pa.Table | pa.RecordBatch, compression: str | None = None) -> bytes:
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def decode(blob: bytes | memoryview) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+
+
+def keys_blob(keys: pa.Array, hashes: pa.Array, live: pa.Array) -> bytes:
+    return encode(pa.Table.from_arrays([keys, hashes, live], schema=KEYS_SCHEMA))
+
+
+def records_blob(records: pa.Array) -> bytes:
+    return encode(pa.Table.from_arrays([records], schema=RECORDS_SCHEMA), "lz4")
