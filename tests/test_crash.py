@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,10 @@ def kill_at_batch(receiver: WebhookReceiver, root: Path, n: int, hook: str) -> N
     proc = start(root)
     try:
         assert arrived.wait(60), "the batch never arrived"
+        # Batches are sent ahead of commits: let the ones before n commit first.
+        deadline = time.monotonic() + 30
+        while runs(root)[-1]["batches"] < n - 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         kill(proc)
         setattr(receiver, hook, None)

@@ -92,8 +92,8 @@ class Scripted(Destination):
 
 
 def outgoing(key: str) -> Outgoing:
-    batch = Batch(id=key, operation="upsert", keys=[key], table=pa.table({"id": [key]}),
-                  fields=pa.array(["{}"]))
+    batch = Batch(id=key, operation="upsert", key_text=pa.array([key]),
+                  table=pa.table({"id": [key]}), fields=pa.array(["{}"]))
     meta = pa.table({"__key": [key], "__hash": [1], "__cat": ["added"], "__fields": ["{}"]})
     return Outgoing(batch=batch, meta=meta)
 

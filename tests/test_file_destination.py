@@ -49,7 +49,7 @@ def batch(op: str, rows: list[dict[str, Any]], batch_id: str, *,
     keys = [json.dumps(r[key[0]]) if len(key) == 1 else json.dumps({k: r[k] for k in key})
             for r in rows]
     table = pa.Table.from_pylist(rows, schema=schema)
-    return Batch(id=batch_id, operation=op, keys=keys, table=table)  # type: ignore[arg-type]
+    return Batch(id=batch_id, operation=op, key_text=pa.array(keys, pa.string()), table=table)  # type: ignore[arg-type]
 
 
 def rows(ids: range, score: float = 1.5) -> list[dict[str, Any]]:

@@ -69,7 +69,7 @@ def batch(op: str, rows: list[dict[str, Any]], match: tuple[str, ...] = ("id",),
     table = pa.Table.from_pylist(rows, schema=schema)
     keys = [json.dumps(r[match[0]]) if len(match) == 1 else json.dumps({m: r[m] for m in match})
             for r in rows]
-    return Batch(id=batch_id, operation=op, keys=keys, table=table)  # type: ignore[arg-type]
+    return Batch(id=batch_id, operation=op, key_text=pa.array(keys, pa.string()), table=table)  # type: ignore[arg-type]
 
 
 SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("score", pa.int64())])

@@ -49,7 +49,7 @@ def make_batch(operation: Operation, keys: list[Any], fields: list[dict[str, Any
     keys_json = [k if isinstance(k, str) else json.dumps(k) for k in keys]
     fields_json = [json.dumps(f) for f in fields] if fields else ["{}"] * len(keys)
     # ``fields_json`` is derived from the Arrow ``fields`` column, as the planner builds it.
-    return Batch(id=batch_id, operation=operation, keys=keys_json,
+    return Batch(id=batch_id, operation=operation, key_text=pa.array(keys_json, pa.string()),
                  table=pa.table({"key": pa.array(keys_json, pa.string())}),
                  fields=pa.array(fields_json, pa.string()))
 

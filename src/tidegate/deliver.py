@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -101,11 +102,15 @@ class Deliverer:
 
         Up to twice ``concurrency`` batches are prepared ahead, so a sender
         never waits for the next batch to be cut. ``on_results`` gets the
-        batches that settled together, so their state can commit as one.
+        batches that settled together, so their state can commit as one; it
+        runs on a thread of its own, in order, so cutting and sending go on
+        while a commit writes.
         """
         failure: BaseException | None = None
         ahead = 2 * self.concurrency
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="tidegate-send") as pool:
+        commits: deque[Future[None]] = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="tidegate-commit") as committer, \
+                ThreadPoolExecutor(self.concurrency, thread_name_prefix="tidegate-send") as pool:
             pending: dict[Future[BatchResult], Outgoing] = {}
             source: Iterator[Outgoing] = iter(batches)
             exhausted = False
@@ -128,9 +133,21 @@ class Deliverer:
                         failure = failure or exc
                         self.stop.set()
                 if settled:
-                    on_results(settled)
+                    commits.append(committer.submit(on_results, settled))
+                # A failed commit stops the run; a slow one holds back new batches.
+                while commits and (commits[0].done() or len(commits) > ahead):
+                    try:
+                        commits.popleft().result()
+                    except BaseException as exc:
+                        failure = failure or exc
+                        self.stop.set()
                 if failure is not None:
                     exhausted = True
+            for commit in commits:
+                try:
+                    commit.result()
+                except BaseException as exc:
+                    failure = failure or exc
         if failure is not None:
             raise failure
 

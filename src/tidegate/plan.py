@@ -11,7 +11,8 @@ Tables of one plan (DuckDB, temporary):
            __hash, the record's columns under destination names
     diff   keys whose fate is not "unchanged": __key, __cat (added/changed/removed)
     send   what the sync's mode sends, in order: __op, __cat, __key, __hash,
-           __fields (the mapped values as JSON text), the record's columns
+           __fields (the mapped values as JSON text), the record's columns,
+           __document (the record as a JSON {"key", "fields"} document)
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Plan:
         cols = ", ".join(_q(c) for c in self.record_fields)
         self.con.execute("set preserve_insertion_order = true")
         reader = self.con.sql(
-            f"select __op, __cat, __key, __hash, __fields, {cols} from send"
+            f"select __op, __cat, __key, __hash, __fields, __document, {cols} from send"
         ).to_arrow_reader(_CHUNK_ROWS)
         carry: pa.Table | None = None
         for chunk in reader:
@@ -143,19 +144,24 @@ class Plan:
 
     def _outgoing(self, table: pa.Table) -> Outgoing:
         op: Operation = table.column("__op")[0].as_py()
-        keys = table.column("__key").to_pylist()
-        # The id is derived from the content, so a batch resent after a crash
-        # usually carries the same id; the hashes go in as their raw bytes.
+        keys = pa.concat_arrays(table.column("__key").chunks)  # offset 0: whole buffers
         hashes = table.column("__hash").combine_chunks().fill_null(_ZERO)
+        # The id is derived from the content, so a batch resent after a crash
+        # usually carries the same id; keys and hashes go in as their Arrow bytes.
+        offsets, data = keys.buffers()[1:3]
+        used = pc.sum(pc.binary_length(keys)).as_py() or 0
         digest = hashlib.sha256(f"{self.sync}\n{op}\n".encode())
-        digest.update("\n".join(keys).encode())
+        digest.update(offsets.slice(0, (len(keys) + 1) * 4))
+        if data is not None:
+            digest.update(data.slice(0, used))
         digest.update(hashes.buffers()[1].slice(hashes.offset * 8, len(hashes) * 8))
         batch = Batch(
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
-            keys=keys,
+            key_text=keys,
             table=table.select(self.record_fields),
             fields=None if op == "delete" else table.column("__fields"),
+            documents=table.column("__document"),
         )
         return Outgoing(batch=batch, meta=table.select(["__key", "__hash", "__cat", "__fields"]))
 
@@ -494,13 +500,17 @@ class Planner:
         con.execute(
             f"""
             create temp view send as
-            select __op, __ord, __cat, __key, __hash,
-                   case when {present} then {fields_json} end as __fields,
-                   {", ".join(_q(c) for c in record)}
-            from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key, d.__hash,
-                         {cols}
-                  from diff d left join m on m.rowid = d.__rid
-                  where d.__cat in ({cats}) order by __ord, __key)
+            select *,
+                   case when __op = 'delete' then '{{"key":' || __key || '}}'
+                        else '{{"key":' || __key || ',"fields":' || coalesce(__fields, '{{}}')
+                             || '}}' end as __document
+            from (select __op, __ord, __cat, __key, __hash,
+                         case when {present} then {fields_json} end as __fields,
+                         {", ".join(_q(c) for c in record)}
+                  from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key,
+                               d.__hash, {cols}
+                        from diff d left join m on m.rowid = d.__rid
+                        where d.__cat in ({cats}) order by __ord, __key))
             """
         )
         return dict(con.execute(

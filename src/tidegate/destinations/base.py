@@ -68,27 +68,43 @@ class SyncTarget:
 class Batch:
     """One request's worth of records, all of one operation.
 
-    ``keys`` are the records' primary keys as JSON text (a JSON object when the
-    key has several columns). ``table`` holds match fields and mapped fields as
-    typed Arrow columns, in the same order as ``keys``; ``fields_json`` gives
-    each record's mapped values (without the match fields) as JSON text, made
-    into Python strings only for a destination that asks for them.
+    ``key_text`` holds the records' primary keys as JSON text (a JSON object
+    when the key has several columns); ``keys`` gives them as Python strings.
+    ``table`` holds match fields and mapped fields as typed Arrow columns, in
+    the same order; ``fields`` each record's mapped values (without the match
+    fields) as JSON text; ``documents`` each record as tidegate's JSON record
+    document, ``{"key": …, "fields": …}`` (``{"key": …}`` in a delete), made by
+    the planner. Python strings are made only for a destination that asks.
     """
 
     id: str
     operation: Operation
-    keys: list[str]
+    key_text: pa.Array | pa.ChunkedArray
     table: pa.Table
     fields: pa.Array | pa.ChunkedArray | None = None
+    documents: pa.Array | pa.ChunkedArray | None = None
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.key_text)
+
+    @cached_property
+    def keys(self) -> list[str]:
+        return list(self.key_text.to_pylist())
 
     @cached_property
     def fields_json(self) -> list[str]:
         if self.fields is None:
-            return ["{}"] * len(self.keys)
+            return ["{}"] * len(self)
         return [f if f is not None else "{}" for f in self.fields.to_pylist()]
+
+    @cached_property
+    def document_json(self) -> list[str]:
+        if self.documents is not None:
+            return list(self.documents.to_pylist())
+        if self.operation == "delete":
+            return ['{"key":' + k + "}" for k in self.keys]
+        return ['{"key":' + k + ',"fields":' + f + "}"
+                for k, f in zip(self.keys, self.fields_json, strict=True)]
 
     @cached_property
     def key_values(self) -> list[Any]:

@@ -6,8 +6,8 @@ retries of a batch; ``webhook-signature: v1,<base64 HMAC-SHA256 of
 "{id}.{timestamp}.{body}">``; a 2xx accepts the batch unless its JSON body
 lists per-record ``results``. Status classification is ``HttpDestination``'s.
 
-The body is assembled from the planner's JSON text (``Batch.keys`` and
-``Batch.fields_json``), never decoded and re-encoded per record: at 200k
+The body is joined from the planner's JSON record documents
+(``Batch.document_json``), never decoded and re-encoded per record: at 200k
 records a run spends milliseconds here instead of seconds.
 """
 
@@ -169,13 +169,7 @@ class WebhookDestination(HttpDestination):
             },
             separators=(",", ":"),
         )
-        if batch.operation == "delete":
-            records = ",".join(['{"key":' + k + "}" for k in batch.keys])
-        else:
-            records = ",".join(
-                ['{"key":' + k + ',"fields":' + f + "}"
-                 for k, f in zip(batch.keys, batch.fields_json, strict=True)]
-            )
+        records = ",".join(batch.document_json)
         return (head[:-1] + ',"records":[' + records + "]}").encode()
 
     def headers(self, batch: Batch, body: bytes) -> dict[str, str]:
