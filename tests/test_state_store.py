@@ -178,3 +178,22 @@ def test_version_one_state_moves_into_segments(tmp_path: Path) -> None:
         tables = {r[0] for r in tx.execute("select name from sqlite_master where type='table'")}
     assert "tidegate_state" not in tables
     store.close()
+
+
+def test_a_run_that_leaves_many_small_segments_compacts_them(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    warehouse(tmp_path / "warehouse.duckdb", 150)
+    project(tmp_path, {"hook": {"type": "webhook", "url": receiver.url,
+                                "secret": "${HOOK_SECRET}"}},
+            {"accounts": sync(batch_size=1, concurrency=1)})
+    assert run(tmp_path)["delivered"]["created"] == 150
+    with Project.load(tmp_path, env={"HOOK_SECRET": SECRET}) as p:
+        with p.store.transaction() as tx:
+            assert tx.scalar("select count(*) from tidegate_state_segments") == 1
+        assert state.compaction_due(p.store, "accounts", live=150) is False
+        rows = state.records(p.store, "accounts")
+    assert len(rows) == 150 and json.loads(rows["7"] or "") == {"name": "acct 7", "score": 91}
+    for snapshot in (tmp_path / ".tidegate" / "snapshots").glob("*.arrow"):
+        snapshot.unlink()
+    assert run(tmp_path)["planned"]["unchanged"] == 150

@@ -115,18 +115,25 @@ class Plan:
     schema: pa.Schema
     con: duckdb.DuckDBPyConnection = field(repr=False)
     known: pa.Table = field(repr=False)
+    _typed: bool = field(default=True, repr=False)
     _workdir: Path | None = field(default=None, repr=False)
 
     @property
     def total_to_send(self) -> int:
         return sum(self.to_send.values())
 
-    def outgoing(self, max_records: int, max_bytes: int | None = None) -> Iterator[Outgoing]:
-        """The send table cut into batches: one operation each, within both limits."""
-        cols = ", ".join(_q(c) for c in self.record_fields)
+    def outgoing(
+        self, max_records: int, max_bytes: int | None = None, *, typed: bool = True
+    ) -> Iterator[Outgoing]:
+        """The send table cut into batches: one operation each, within both limits.
+
+        Without ``typed`` the batches carry the records as JSON only.
+        """
+        self._typed = typed
+        cols = "".join(", " + _q(c) for c in self.record_fields) if typed else ""
         self.con.execute("set preserve_insertion_order = true")
         reader = self.con.sql(
-            f"select __op, __cat, __key, __hash, __fields, __document, {cols} from send"
+            f"select __op, __cat, __key, __hash, __fields, __document{cols} from send"
         ).to_arrow_reader(_CHUNK_ROWS)
         carry: pa.Table | None = None
         for chunk in reader:
@@ -159,7 +166,7 @@ class Plan:
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
             key_text=keys,
-            table=table.select(self.record_fields),
+            table=table.select(self.record_fields if self._typed else []),
             fields=None if op == "delete" else table.column("__fields"),
             documents=table.column("__document"),
         )

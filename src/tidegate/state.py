@@ -34,9 +34,12 @@ from tidegate.store import Store, Tx
 
 STATE_SCHEMA = pa.schema([("key", pa.string()), ("hash", pa.int64())])
 _PAGE = 256  # segments per read: bounds memory while reading a large state
-# Above this many segments a sync's state is compacted at the end of a run; a
-# first run in batches of 1,000 records stays under it up to a million rows.
-_MAX_SEGMENTS = 1_024
+# When a sync's state is compacted (at the end of a run): when most of what is
+# stored is superseded; when many segments hold few rows each (a small sync
+# that changes a little every hour); or when segments are very many. A first
+# run of ten million rows in 1,000-record batches meets none of these.
+_SMALL_SEGMENTS, _SMALL_ROWS = 64, 500
+_MAX_SEGMENTS = 16_384
 
 
 @dataclass
@@ -285,7 +288,11 @@ def compaction_due(store: Store, sync: str, live: int) -> bool:
             (sync,),
         )
     segs, stored = (int(v) for v in found[0])
-    return segs > _MAX_SEGMENTS or stored > 2 * live + segments.SEGMENT_ROWS
+    return (
+        stored > 2 * live + segments.SEGMENT_ROWS
+        or (segs > _SMALL_SEGMENTS and stored < _SMALL_ROWS * segs)
+        or segs > _MAX_SEGMENTS
+    )
 
 
 def compact(store: Store, sync: str, *, memory_limit: str, spill: Path | None) -> int:

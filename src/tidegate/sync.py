@@ -229,7 +229,8 @@ def _deliver(
         retry=project.retry,
     )
     try:
-        deliverer.run(plan.outgoing(batch_size, caps.max_bytes), on_results)
+        deliverer.run(plan.outgoing(batch_size, caps.max_bytes, typed=caps.typed_records),
+                      on_results)
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc
 

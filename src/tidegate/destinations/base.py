@@ -49,6 +49,9 @@ class Capabilities:
     requests_per_second: float | None = None
     concurrency: int = 4
     matches_by: str = "the sync's match key"
+    # False for a destination that sends only JSON (``Batch.fields``,
+    # ``Batch.documents``): the planner then leaves ``Batch.table`` without columns.
+    typed_records: bool = True
 
 
 @dataclass(frozen=True)

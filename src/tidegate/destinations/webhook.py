@@ -140,6 +140,7 @@ class WebhookDestination(HttpDestination):
         max_bytes=DEFAULT_MAX_BYTES,
         concurrency=4,
         matches_by="the primary key, sent as `key` in every record",
+        typed_records=False,
     )
 
     def __init__(self, name: str, config: WebhookConfig, target: SyncTarget) -> None:
