@@ -141,12 +141,13 @@ def test_compaction_keeps_exactly_the_live_state(tmp_path: Path, pg_url: str) ->
         assert before == {"1": '{"score": 1}', "2": '{"score": 2}', "4": '{"score": 3}',
                           "5": '{"score": 3}'}
         assert state.compaction_due(store, "s", live=4) is False
-        assert state.compact(store, "s", memory_limit="64MB", spill=tmp_path) == 1
+        assert state.compact(store, "s", memory_limit="64MB", spill=tmp_path) == (1, version + 1)
         assert state.records(store, "s") == before
         hashes = state.read_hashes(store, "s").table
         assert dict(zip(hashes["key"].to_pylist(), hashes["hash"].to_pylist(),
                         strict=True)) == {"1": 1, "2": 2, "4": 4, "5": 4}
-        assert state.current_version(store, "s") == version  # same content, same version
+        # The content is the same, but a reader paging through the old segments must notice.
+        assert state.current_version(store, "s") == version + 1
         with store.transaction() as tx:
             assert tx.scalar("select count(*) from tidegate_state_segments "
                              "where sync = 's'") == 1
@@ -192,6 +193,8 @@ def test_a_run_that_leaves_many_small_segments_compacts_them(
         with p.store.transaction() as tx:
             assert tx.scalar("select count(*) from tidegate_state_segments") == 1
         assert state.compaction_due(p.store, "accounts", live=150) is False
+        # The snapshot was relabelled with the version compaction left.
+        assert state.read_hashes(p.store, "accounts", p.snapshot_dir).from_snapshot
         rows = state.records(p.store, "accounts")
     assert len(rows) == 150 and json.loads(rows["7"] or "") == {"name": "acct 7", "score": 91}
     for snapshot in (tmp_path / ".tidegate" / "snapshots").glob("*.arrow"):

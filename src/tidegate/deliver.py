@@ -100,14 +100,15 @@ class Deliverer:
     ) -> None:
         """Deliver every batch; raise the first fatal error after in-flight ones settle.
 
-        Up to twice ``concurrency`` batches are prepared ahead, so a sender
+        One batch more than ``concurrency`` is prepared ahead, so a sender
         never waits for the next batch to be cut. ``on_results`` gets the
         batches that settled together, so their state can commit as one; it
         runs on a thread of its own, in order, so cutting and sending go on
         while a commit writes.
         """
         failure: BaseException | None = None
-        ahead = 2 * self.concurrency
+        ahead = self.concurrency + 1
+        queued_commits = 1  # beyond this, wait: memory holds what awaits its commit
         commits: deque[Future[None]] = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="tidegate-commit") as committer, \
                 ThreadPoolExecutor(self.concurrency, thread_name_prefix="tidegate-send") as pool:
@@ -135,7 +136,7 @@ class Deliverer:
                 if settled:
                     commits.append(committer.submit(on_results, settled))
                 # A failed commit stops the run; a slow one holds back new batches.
-                while commits and (commits[0].done() or len(commits) > ahead):
+                while commits and (commits[0].done() or len(commits) > queued_commits):
                     try:
                         commits.popleft().result()
                     except BaseException as exc:

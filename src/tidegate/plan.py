@@ -116,6 +116,7 @@ class Plan:
     con: duckdb.DuckDBPyConnection = field(repr=False)
     known: pa.Table = field(repr=False)
     _typed: bool = field(default=True, repr=False)
+    _documents: bool = field(default=False, repr=False)
     _workdir: Path | None = field(default=None, repr=False)
 
     @property
@@ -123,17 +124,24 @@ class Plan:
         return sum(self.to_send.values())
 
     def outgoing(
-        self, max_records: int, max_bytes: int | None = None, *, typed: bool = True
+        self,
+        max_records: int,
+        max_bytes: int | None = None,
+        *,
+        typed: bool = True,
+        documents: bool = False,
     ) -> Iterator[Outgoing]:
         """The send table cut into batches: one operation each, within both limits.
 
-        Without ``typed`` the batches carry the records as JSON only.
+        Without ``typed`` the batches carry the records as JSON only; with
+        ``documents`` they also carry each record's JSON document.
         """
-        self._typed = typed
-        cols = "".join(", " + _q(c) for c in self.record_fields) if typed else ""
+        self._typed, self._documents = typed, documents
+        cols = ", __document" if documents else ""
+        cols += "".join(", " + _q(c) for c in self.record_fields) if typed else ""
         self.con.execute("set preserve_insertion_order = true")
         reader = self.con.sql(
-            f"select __op, __cat, __key, __hash, __fields, __document{cols} from send"
+            f"select __op, __cat, __key, __hash, __fields{cols} from send"
         ).to_arrow_reader(_CHUNK_ROWS)
         carry: pa.Table | None = None
         for chunk in reader:
@@ -168,7 +176,7 @@ class Plan:
             key_text=keys,
             table=table.select(self.record_fields if self._typed else []),
             fields=None if op == "delete" else table.column("__fields"),
-            documents=table.column("__document"),
+            documents=table.column("__document") if self._documents else None,
         )
         return Outgoing(batch=batch, meta=table.select(["__key", "__hash", "__cat", "__fields"]))
 

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -87,29 +88,34 @@ def _read_store(store: Store, sync: str) -> pa.Table:
     return _latest(pa.concat_tables(parts), ["hash"])
 
 
-def _segment_pages(store: Store, sync: str, column: str) -> Iterator[tuple[int, int, bytes]]:
-    """(seq, rows, blob) of each segment, fetched a page at a time so memory stays bounded."""
+def _segment_pages(store: Store, sync: str, columns: str) -> Iterator[tuple[Any, ...]]:
+    """(seq, rows, *columns) of each segment, a page at a time so memory stays bounded.
+
+    Pages are separate transactions; a caller that must not see a mix of two
+    states compares the state version before and after, which every change
+    (compaction included) bumps.
+    """
     after = 0
     while True:
         with store.transaction() as tx:
             page = tx.execute(
-                f"select id, seq, rows, {column} from tidegate_state_segments "
+                f"select id, seq, rows, {columns} from tidegate_state_segments "
                 "where sync = ? and id > ? order by id limit ?",
                 (sync, after, _PAGE),
             )
-        for _, seq, rows, blob in page:
-            yield int(seq), int(rows), blob
+        for row in page:
+            yield (int(row[1]), int(row[2]), *row[3:])
         if len(page) < _PAGE:
             return
         after = int(page[-1][0])
 
 
 def _constant(value: int, rows: int) -> pa.Array:
-    return pa.nulls(rows, pa.int64()).fill_null(pa.scalar(value, pa.int64()))
+    return pa.repeat(pa.scalar(value, pa.int64()), rows)
 
 
 def _all_true(rows: int) -> pa.Array:
-    return pa.nulls(rows, pa.bool_()).fill_null(_TRUE)
+    return pa.repeat(_TRUE, rows)
 
 
 # Compute functions get Arrow scalars: given a Python value, pyarrow looks for
@@ -172,12 +178,14 @@ def count(store: Store, sync: str) -> int:
 
 def records(store: Store, sync: str) -> dict[str, str | None]:
     """Every acknowledged record of ``sync`` as JSON text, by key (for tests and audits)."""
-    parts = []
-    for (seq, rows, keys), (_, _, recs) in zip(
-        _segment_pages(store, sync, "keys"), _segment_pages(store, sync, "records"), strict=True
-    ):
-        table = segments.decode(keys).append_column("record", segments.decode(recs)["record"])
-        parts.append(table.append_column("seq", _constant(seq, rows)))
+    while True:
+        version = current_version(store, sync)
+        parts = []
+        for seq, rows, keys, recs in _segment_pages(store, sync, "keys, records"):
+            table = segments.decode(keys).append_column("record", segments.decode(recs)["record"])
+            parts.append(table.append_column("seq", _constant(seq, rows)))
+        if current_version(store, sync) == version:
+            break
     if not parts:
         return {}
     latest = _latest(pa.concat_tables(parts), ["record"])
@@ -295,13 +303,16 @@ def compaction_due(store: Store, sync: str, live: int) -> bool:
     )
 
 
-def compact(store: Store, sync: str, *, memory_limit: str, spill: Path | None) -> int:
+def compact(
+    store: Store, sync: str, *, memory_limit: str, spill: Path | None
+) -> tuple[int, int]:
     """Rewrite ``sync``'s segments as few large ones holding only the live entries.
 
     One transaction: a crash leaves the old segments. DuckDB does the merge, so
     memory stays within ``memory_limit`` (spilling to ``spill``) however large
-    the state. The state's content is unchanged, so its version is too.
-    Returns the number of segments written.
+    the state. The content is unchanged, but the version is bumped so that a
+    reader paging through the old segments notices. Returns the number of
+    segments written and the new version.
     """
     con = duckdb.connect()
     try:
@@ -348,7 +359,8 @@ def compact(store: Store, sync: str, *, memory_limit: str, spill: Path | None) -
                      segments.records_blob(chunk.column("record"))),
                 )
                 written += 1
-        return written
+            version = _bump(tx, sync)
+        return written, version
     finally:
         con.close()
 

@@ -105,9 +105,9 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
     finally:
         reporter.finish()
         if plan is not None and progress is not None and progress.exact:
-            live = _save_snapshot(project, name, plan, progress)
-            if live is not None and progress.kept:
-                _compact_if_due(project, name, live)
+            after = _save_snapshot(project, name, plan, progress)
+            if after is not None and progress.kept:
+                _compact_if_due(project, name, after)
         for closeable in (plan, source, destination):
             if closeable is not None:
                 closeable.close()
@@ -128,24 +128,27 @@ class Progress:
     exact: bool = True  # False once a commit may or may not have happened
 
 
-def _save_snapshot(project: Project, name: str, plan: Plan, progress: Progress) -> int | None:
-    """Keep the state this run left as a snapshot; return how many keys it holds."""
+def _save_snapshot(
+    project: Project, name: str, plan: Plan, progress: Progress
+) -> pa.Table | None:
+    """Keep the (key, hash) state this run left as a snapshot, and return it."""
     try:
         after = plan.state_after(progress.kept, progress.dropped)
         state.save_snapshot(project.snapshot_dir, project.store, name, progress.version, after)
     except (OSError, duckdb.Error) as exc:  # only a cache: the next run reads the store
         log.warning("could not keep the state snapshot of %s: %s", name, exc)
         return None
-    return int(after.num_rows)
+    return after
 
 
-def _compact_if_due(project: Project, name: str, live: int) -> None:
+def _compact_if_due(project: Project, name: str, after: pa.Table) -> None:
     try:
-        if state.compaction_due(project.store, name, live):
+        if state.compaction_due(project.store, name, after.num_rows):
             spill = project.root / ".tidegate" / "work"
             spill.mkdir(parents=True, exist_ok=True)
-            written = state.compact(project.store, name, memory_limit=project.memory_limit,
-                                    spill=spill)
+            written, version = state.compact(project.store, name,
+                                             memory_limit=project.memory_limit, spill=spill)
+            state.save_snapshot(project.snapshot_dir, project.store, name, version, after)
             log.info("compacted the state of %s into %s segment(s)", name, written)
     except (duckdb.Error, OSError) as exc:  # maintenance: the state is whole either way
         log.warning("could not compact the state of %s: %s", name, redact(str(exc)))
@@ -229,8 +232,9 @@ def _deliver(
         retry=project.retry,
     )
     try:
-        deliverer.run(plan.outgoing(batch_size, caps.max_bytes, typed=caps.typed_records),
-                      on_results)
+        batches = plan.outgoing(batch_size, caps.max_bytes, typed=caps.typed_records,
+                                documents=caps.json_documents)
+        deliverer.run(batches, on_results)
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc
 

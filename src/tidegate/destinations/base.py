@@ -52,6 +52,9 @@ class Capabilities:
     # False for a destination that sends only JSON (``Batch.fields``,
     # ``Batch.documents``): the planner then leaves ``Batch.table`` without columns.
     typed_records: bool = True
+    # True for a destination that sends ``Batch.documents``: the planner makes
+    # them in DuckDB instead of Python joining strings per record.
+    json_documents: bool = False
 
 
 @dataclass(frozen=True)

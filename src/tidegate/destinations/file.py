@@ -171,7 +171,7 @@ def _with_meta(batch: Batch, run_id: int | None, stamp_ns: int) -> pa.Table:
     return (
         batch.table
         .append_column(OP, pa.repeat(pa.scalar(batch.operation, pa.string()), n))
-        .append_column(KEY, pa.array(batch.keys, pa.string()))
+        .append_column(KEY, batch.key_text)
         .append_column(RUN_ID, pa.repeat(pa.scalar(run_id, pa.int64()), n))
         .append_column(WRITTEN_AT, pa.repeat(
             pa.scalar(stamp_ns // 1_000, pa.timestamp("us", tz="UTC")), n))
