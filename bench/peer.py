@@ -2,7 +2,8 @@
 
 200,000 rows (id, email, name, score, updated_at) from a DuckDB file to a loopback
 receiver at 1,000 records a request. Each tool runs as its own process; we time
-the whole process: a full sync, then a sync after 1 % of rows changed. drt-core
+the whole process: a full sync, a sync with nothing changed (each tool's fixed
+cost: start-up, imports, reading the model), then a sync after 1 % of rows changed. drt-core
 runs from its own virtualenv (``.bench/drt-venv``), with its ``rest_api``
 destination in batch body mode, ``incremental`` mode on ``updated_at``, its default
 pacing (10 requests/s) off and 10,000-row engine batches;
@@ -112,7 +113,8 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 def compare(drt: Path, receiver: Any, rounds: int = 3) -> dict[str, Any]:
     """Best of ``rounds`` for each tool and each phase, with record counts checked."""
     results: dict[str, list[float]] = {k: [] for k in (
-        "tidegate_full_s", "tidegate_changed_s", "drt_full_s", "drt_changed_s")}
+        "tidegate_full_s", "tidegate_unchanged_s", "tidegate_changed_s",
+        "drt_full_s", "drt_unchanged_s", "drt_changed_s")}
     counts: dict[str, int] = {}
     for _ in range(rounds):
         root = Path(tempfile.mkdtemp(prefix="tidegate-peer-"))
@@ -131,7 +133,8 @@ def compare(drt: Path, receiver: Any, rounds: int = 3) -> dict[str, Any]:
             tidegate = [sys.executable, "-m", "tidegate", "run", "users", "--project", str(tg)]
             drt_run = [str(drt), "run"]
             drt_env = {"HOME": str(dr / "home"), "DO_NOT_TRACK": "1"}
-            for phase in ("full", "changed"):
+            # "unchanged": a run with nothing to send, what each tool costs before any record.
+            for phase in ("full", "unchanged", "changed"):
                 if phase == "changed":
                     counts["changed_rows"] = change_one_percent(tg / "warehouse.duckdb")
                     change_one_percent(dr / "warehouse.duckdb")
