@@ -189,9 +189,11 @@ def run(
     = False,
     full: Annotated[bool, typer.Option("--full", help="Ignore state: send every row.")]
     = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Skip the guardrails (the run records that it was forced).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Plan and deliver syncs, with a progress bar and a summary table."""
+    """Plan, judge and deliver syncs, with a progress bar and a summary table."""
     proj = _load(project, as_json)
     names = sorted(proj.syncs) if all_syncs else list(syncs or [])
     if not names:
@@ -206,7 +208,8 @@ def run(
                 reporter: Reporter = (
                     RichReporter(name) if sys.stderr.isatty() and not as_json else NullReporter()
                 )
-                results.append(proj.run(name, full=full, dry_run=dry_run, reporter=reporter))
+                results.append(proj.run(name, full=full, dry_run=dry_run, force=force,
+                                        reporter=reporter))
         if as_json:
             _emit_json(results[0] if len(results) == 1 else {"runs": results})
         elif dry_run:
@@ -215,6 +218,32 @@ def run(
         else:
             _print_summaries(results)
         return _exit_code([r["status"] for r in results])
+
+    _guard(as_json, go)
+
+
+@app.command()
+def approve(
+    run_id: Annotated[int, typer.Argument(help="A held run (see `tidegate runs`).",
+                                          metavar="RUN")],
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Deliver a held run as it was shown; if the model changed since, judge it again."""
+    proj = _load(project, as_json)
+
+    def go() -> int:
+        with proj:
+            reporter: Reporter = (
+                RichReporter(str(run_id)) if sys.stderr.isatty() and not as_json
+                else NullReporter()
+            )
+            result = proj.approve(run_id, reporter=reporter)
+        if as_json:
+            _emit_json(result)
+        else:
+            _print_summaries([result])
+        return _exit_code([result["status"]])
 
     _guard(as_json, go)
 
@@ -348,6 +377,7 @@ def _print_plan(result: dict[str, Any]) -> None:
     out.print(table)
     for reason, n in result.get("invalid_reasons", {}).items():
         out.print(f"[yellow]{n} invalid row(s): {escape(reason)}[/yellow]", markup=True)
+    _print_verdict(result.get("verdict"))
     for category, samples in result.get("samples", {}).items():
         out.print(f"{category}:")
         for s in samples:
@@ -369,7 +399,29 @@ def _print_summaries(results: list[dict[str, Any]], title: str = "summary") -> N
     out.print(table)
     for r in results:
         if r.get("error") and title == "summary":
-            out.print(f"[yellow]run {r['run_id']}: {escape(r['error'])}[/yellow]", markup=True)
+            if r["status"] == "held":
+                out.print(f"[magenta]run {r['run_id']} is held; nothing was sent. "
+                          f"`tidegate approve {r['run_id']}` delivers it, "
+                          "`tidegate run --force` skips the guardrails.[/magenta]", markup=True)
+                _print_verdict(r.get("verdict"))
+            else:
+                out.print(f"[yellow]run {r['run_id']}: {escape(r['error'])}[/yellow]",
+                          markup=True)
+
+
+def _print_verdict(verdict: dict[str, Any] | None) -> None:
+    if not verdict:
+        return
+    if not verdict["held"]:
+        out.print("[green]guardrails: pass[/green]", markup=True)
+    for reason in verdict["reasons"]:
+        out.print(f"[magenta]held: {escape(reason['message'])}[/magenta] "
+                  f"{escape('[' + reason['rule'] + ']')}", markup=True, highlight=False)
+        for sample in reason["samples"]:
+            out.print(f"  key {json.dumps(sample['key'])}: {json.dumps(sample['old'])} → "
+                      f"{json.dumps(sample['new'])}", highlight=False)
+    for note in verdict["notes"]:
+        out.print(f"  note: {escape(note)}", highlight=False)
 
 
 def main() -> None:

@@ -67,6 +67,91 @@ class MatchConfig(Strict):
     destination: str | list[str]
 
 
+class Check(Strict):
+    """A check on one mapped field (its destination name).
+
+    Row checks (``not_null`` … ``max_length``) make a failing row invalid — reported,
+    never sent — or, with ``hold``, hold the run. Transition checks compare a changed
+    row with the value last delivered and hold the run when more than ``max_rows``
+    rows break them.
+    """
+
+    field: str
+    not_null: bool = False
+    between: tuple[float, float] | None = None
+    accepted_values: list[str | int | float | bool] | None = None
+    matches: str | None = None
+    unique: bool = False
+    max_length: int | None = Field(default=None, gt=0)
+    hold: bool = False
+    no_null_overwrite: bool = False
+    no_zero_overwrite: bool = False
+    max_change_pct: float | None = Field(default=None, gt=0)
+    max_rows: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> Check:
+        if not (self.row_rules or self.transition_rules):
+            raise ValueError(
+                "a check needs a rule: not_null, between, accepted_values, matches, unique, "
+                "max_length, no_null_overwrite, no_zero_overwrite or max_change_pct"
+            )
+        if self.between is not None and self.between[0] > self.between[1]:
+            raise ValueError("`between` takes [low, high] with low <= high")
+        if self.matches is not None:
+            import re
+
+            try:
+                re.compile(self.matches)
+            except re.error as exc:
+                raise ValueError(f"`matches` is not a valid regular expression: {exc}") from None
+        return self
+
+    @property
+    def row_rules(self) -> list[str]:
+        return [name for name in ("not_null", "between", "accepted_values", "matches", "unique",
+                                  "max_length") if getattr(self, name) not in (None, False)]
+
+    @property
+    def transition_rules(self) -> list[str]:
+        return [name for name in ("no_null_overwrite", "no_zero_overwrite", "max_change_pct")
+                if getattr(self, name) not in (None, False)]
+
+
+class Deviation(Strict):
+    """Hold when a count exceeds ``factor`` times its median over the last ``runs`` runs."""
+
+    factor: float = Field(default=3.0, gt=1)
+    runs: int = Field(default=10, ge=3)
+    min_rows: int = Field(default=100, ge=0)  # counts at or below this never trip it
+
+
+class Guardrails(Strict):
+    """Rules judged on the plan before anything is sent; see docs/guardrails.md."""
+
+    max_added_pct: float | None = Field(default=None, ge=0)
+    max_changed_pct: float | None = Field(default=None, ge=0)
+    max_removed_pct: float | None = Field(default=None, ge=0)
+    min_rows: int | None = Field(default=None, ge=0)
+    max_rows: int | None = Field(default=None, ge=0)
+    max_deviation: float | Deviation | None = None
+    checks: list[Check] = Field(default_factory=list)
+    safe_defaults: bool = True
+
+    @model_validator(mode="after")
+    def _factor_above_one(self) -> Guardrails:
+        if isinstance(self.max_deviation, (int, float)) and self.max_deviation <= 1:
+            raise ValueError("`max_deviation` is a factor above 1 (e.g. 3: three times the "
+                             "median of recent runs)")
+        return self
+
+    @property
+    def deviation(self) -> Deviation | None:
+        if isinstance(self.max_deviation, (int, float)):
+            return Deviation(factor=float(self.max_deviation))
+        return self.max_deviation
+
+
 class SyncConfig(Strict):
     source: str
     query: str | None = None
@@ -81,7 +166,7 @@ class SyncConfig(Strict):
     concurrency: int | None = Field(default=None, gt=0, le=64)
     requests_per_second: float | None = Field(default=None, gt=0)
     schedule: str | None = None
-    guardrails: dict[str, Any] | None = None
+    guardrails: Guardrails = Field(default_factory=Guardrails)
 
     @model_validator(mode="after")
     def _model_given_once(self) -> SyncConfig:
@@ -127,6 +212,8 @@ class ProjectSettings(Strict):
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     destinations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     syncs: dict[str, Any] = Field(default_factory=dict)
+    # Validated by ``tidegate.alerts``' models (see ``_validate_alerts``).
+    alerts: list[dict[str, Any]] = Field(default_factory=list)
 
 
 @dataclass
@@ -148,6 +235,7 @@ class ProjectConfig:
     sync_origin: dict[str, Located]
     destination_origin: dict[str, Located]
     env_vars: set[str] = field(default_factory=set)
+    alerts: list[Any] = field(default_factory=list)  # tidegate.alerts.AlertConfig
 
     def sync(self, name: str) -> SyncConfig:
         if name not in self.syncs:
@@ -211,6 +299,8 @@ def _strip_union_tag(loc: tuple[Any, ...], base: Path_) -> tuple[Any, ...]:
     # pydantic puts the discriminator's value into the location: sources.wh.duckdb.path
     if not base and len(loc) > 2 and loc[0] == "sources" and loc[2] in SOURCE_TYPES:
         return (*loc[:2], *loc[3:])
+    if base[:1] == ("alerts",) and loc and loc[0] in ALERT_TYPES:
+        return loc[1:]
     return loc
 
 
@@ -229,6 +319,8 @@ def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[s
     fields = getattr(current, "model_fields", None)
     return sorted(fields) if fields else []
 
+
+ALERT_TYPES = ("webhook", "slack", "email")
 
 ExtraCheck = Callable[
     [ProjectSettings, dict[str, SyncConfig], dict[str, Located], dict[str, Located]], list[Problem]
@@ -286,7 +378,9 @@ def load_project_config(
         name: Located(body if isinstance(body, dict) else {}, main, ("destinations", name))
         for name, body in (data.get("destinations") or {}).items()
     }
+    alerts: list[Any] = []
     if settings is not None:
+        alerts = _validate_alerts(settings.alerts, main, problems)
         problems += _cross_check(settings, syncs, raw_syncs)
         _register_secrets(settings)
         if extra_check is not None:
@@ -300,7 +394,34 @@ def load_project_config(
         sync_origin=raw_syncs,
         destination_origin=dest_origin,
         env_vars={v for d in docs for v in d.env_vars},
+        alerts=alerts,
     )
+
+
+def _validate_alerts(raw: list[dict[str, Any]], doc: YamlDoc, problems: list[Problem]) -> list[Any]:
+    # The alert models live with the code that sends alerts, which builds on this module.
+    from pydantic import TypeAdapter
+
+    from tidegate.alerts import (
+        AlertConfig,
+        EmailAlertConfig,
+        SlackAlertConfig,
+        WebhookAlertConfig,
+        register_secrets,
+    )
+
+    models: dict[str, type[BaseModel]] = {
+        "webhook": WebhookAlertConfig, "slack": SlackAlertConfig, "email": EmailAlertConfig}
+    adapter: TypeAdapter[Any] = TypeAdapter(AlertConfig)
+    out = []
+    for i, body in enumerate(raw):
+        try:
+            out.append(adapter.validate_python(body))
+        except ValidationError as exc:
+            kind = body.get("type") if isinstance(body, dict) else None
+            problems += problems_from(exc, doc, ("alerts", i), models.get(str(kind)))
+    register_secrets(out)
+    return out
 
 
 def _collect_sync_file(doc: YamlDoc, into: dict[str, Located]) -> list[Problem]:

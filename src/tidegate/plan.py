@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from tidegate.config import Mode, SyncConfig
 from tidegate.destinations.base import Batch, Operation
 from tidegate.errors import SourceError
+from tidegate.guard import RowCheck, row_checks
 from tidegate.sources.base import ModelQueryError
 
 # What each mode sends for each category of key (SPEC §3).
@@ -115,6 +116,8 @@ class Plan:
     schema: pa.Schema
     con: duckdb.DuckDBPyConnection = field(repr=False)
     known: pa.Table = field(repr=False)
+    # Checks with ``hold`` that rows to send fail, and how many rows fail each.
+    check_holds: list[tuple[RowCheck, int]] = field(default_factory=list)
     _typed: bool = field(default=True, repr=False)
     _documents: bool = field(default=False, repr=False)
     _workdir: Path | None = field(default=None, repr=False)
@@ -122,6 +125,21 @@ class Plan:
     @property
     def total_to_send(self) -> int:
         return sum(self.to_send.values())
+
+    def fields_json_sql(self, prefix: str = "") -> str:
+        """SQL for a row's mapped values as JSON text, reading ``m`` under ``prefix``."""
+        return f"to_json(struct_pack({_struct_args(self.mapped_fields, prefix)}))"
+
+    def digest(self) -> str:
+        """Names exactly what this plan sends (operation, key and hash of every row), so a
+        held plan can be told apart from a new plan of a changed model."""
+        ops = "case d.__cat " + " ".join(
+            f"when '{cat}' then '{op}'" for cat, op in SENDS[self.mode].items()) + " end"
+        row = self.con.execute(
+            f"select count(*), coalesce(bit_xor(hash({ops}, d.__key, d.__hash)), 0) "
+            f"from diff d where d.__cat in ({', '.join(repr(c) for c in SENDS[self.mode])})"
+        ).fetchall()[0]
+        return f"{row[0]}:{int(row[1]):016x}"
 
     def outgoing(
         self,
@@ -193,7 +211,7 @@ class Plan:
     def samples(self, limit: int = 5) -> dict[str, list[dict[str, Any]]]:
         """A few rows of each category, for people reading the plan."""
         out: dict[str, list[dict[str, Any]]] = {}
-        fields_json = f"to_json(struct_pack({_struct_args(self.mapped_fields, 'm.')}))"
+        fields_json = self.fields_json_sql("m.")
         for cat in ("added", "changed", "removed"):
             # Straight from diff: a top-N, not the full sort the send view does.
             rows = self.con.execute(
@@ -349,9 +367,11 @@ class Planner:
                 "update m set __invalid = 'primary key appears ' || dups.n || ' times in the model'"
                 " from dups where m.__key = dups.__key"
             )
+        checks = self._row_checks(con, set(record))
         con.register("st", state)
         self._diff(con, full)
         con.unregister("st")
+        holds = self._holds(con, checks)
         counts = self._counts(con)
         to_send = self._send_view(con, record, mapped, keys)
         reasons = dict(
@@ -374,8 +394,41 @@ class Planner:
             schema=schema,
             con=con,
             known=state,
+            check_holds=holds,
             _workdir=workdir,
         )
+
+    def _row_checks(self, con: duckdb.DuckDBPyConnection, fields: set[str]) -> list[RowCheck]:
+        """Mark the rows that fail a check invalid; return the checks that hold instead."""
+        checks = self.sync.guardrails.checks
+        unknown = sorted({c.field for c in checks} - fields)
+        if unknown:
+            raise MappingProblem(
+                "guardrails",
+                f"check(s) on field(s) {', '.join(unknown)}, which the sync does not map",
+                f"check the destination field names: {', '.join(sorted(fields))}",
+            )
+        rules = row_checks(checks)
+        for rule in rules:
+            if not rule.hold:
+                con.execute(
+                    f"update m set __invalid = $why where __invalid is null and ({rule.failing})",
+                    {"why": rule.reason},
+                )
+        return [r for r in rules if r.hold]
+
+    def _holds(
+        self, con: duckdb.DuckDBPyConnection, rules: list[RowCheck]
+    ) -> list[tuple[RowCheck, int]]:
+        out = []
+        for rule in rules:
+            failing = con.execute(
+                "select count(*) from diff d join m on m.rowid = d.__rid "
+                f"where d.__cat in ('added', 'changed') and ({rule.failing})"
+            ).fetchall()[0][0]
+            if failing:
+                out.append((rule, int(failing)))
+        return out
 
     def _open_model(
         self, con: duckdb.DuckDBPyConnection, model: pa.RecordBatchReader | AttachedModel
@@ -470,8 +523,10 @@ class Planner:
             where v.__key is null or s.key is null or {changed}
             """
         )
+        # A key whose row is invalid is still in the model: never treat it as removed.
         con.execute(
-            "delete from diff where __cat = 'removed' and __key in (select __key from dups)"
+            "delete from diff where __cat = 'removed' and __key in "
+            "(select __key from m where __invalid is not null and __key is not null)"
         )
 
     def _record_columns(

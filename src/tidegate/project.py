@@ -119,14 +119,38 @@ class Project:
         *,
         full: bool = False,
         dry_run: bool = False,
+        force: bool = False,
         reporter: Reporter | None = None,
     ) -> dict[str, Any]:
-        """Plan and deliver ``name``; return the run summary (SPEC §4 ``--json``)."""
+        """Plan, judge and deliver ``name``; return the run summary (SPEC §4 ``--json``).
+
+        A plan that trips a guardrail is held: status ``held``, nothing sent.
+        ``force`` skips the guardrails, and the run records that it was forced.
+        """
         from tidegate.sync import run_sync
 
         if dry_run:
             return self.plan(name, full=full)
-        return run_sync(self, name, full=full, reporter=reporter or NullReporter())
+        return run_sync(self, name, full=full, force=force,
+                        reporter=reporter or NullReporter())
+
+    def approve(self, run_id: int, *, reporter: Reporter | None = None) -> dict[str, Any]:
+        """Deliver held run ``run_id`` as the approver saw it; return its summary.
+
+        The sync is planned again: if that plan is exactly the held one it is sent;
+        if the model or state changed since, it is judged again (and may be held again).
+        """
+        from tidegate.sync import run_sync
+
+        try:
+            record = runs.get_run(self.store, run_id)
+        except KeyError:
+            raise ConfigError(
+                Problem(f"there is no run {run_id}", fix="list runs with `tidegate runs`")
+            ) from None
+        self.sync(record.sync)
+        return run_sync(self, record.sync, full=record.full, approve=run_id,
+                        reporter=reporter or NullReporter())
 
     def runs(self, sync: str | None = None, limit: int = 20) -> list[runs.RunRecord]:
         if sync is not None:
@@ -152,6 +176,9 @@ class Project:
             to_send=record.to_send,
             batches=record.batches,
             timings=record.timings,
+            forced=record.forced,
+            approved_at=record.approved_at.isoformat() if record.approved_at else None,
+            samples=record.plan_samples,
             rows=runs.row_errors(self.store, run_id),
         )
         return out

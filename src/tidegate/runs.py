@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tidegate.errors import FatalError
+from tidegate.errors import ConfigError, FatalError, Problem
 from tidegate.plan import PlanCounts
 from tidegate.store import Store
 
@@ -45,6 +45,11 @@ class RunRecord:
     batches: int
     error: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None
+    plan_samples: dict[str, Any] | None = None
+    plan_digest: str | None = None
+    forced: bool = False
+    approved_at: datetime | None = None
 
     @property
     def duration_s(self) -> float:
@@ -62,6 +67,7 @@ class RunRecord:
             "rejected": self.rejected,
             "duration_s": self.duration_s,
             "error": self.error,
+            "verdict": self.verdict,
         }
 
 
@@ -108,6 +114,11 @@ def _record(m: dict[str, Any]) -> RunRecord:
         batches=m["batches"],
         error=m["error"],
         timings=json.loads(m["timings"]) if m["timings"] else {},
+        verdict=json.loads(m["verdict"]) if m.get("verdict") else None,
+        plan_samples=json.loads(m["plan_samples"]) if m.get("plan_samples") else None,
+        plan_digest=m.get("plan_digest"),
+        forced=bool(m.get("forced")),
+        approved_at=_time(m.get("approved_at")),
     )
 
 
@@ -157,21 +168,72 @@ def start_run(
 
 def record_plan(
     store: Store, run_id: int, counts: PlanCounts, to_send: int,
-    invalid: list[tuple[str, str, str]], sync: str,
+    invalid: list[tuple[str, str, str]], sync: str, *,
+    verdict: dict[str, Any] | None = None, digest: str | None = None,
+    samples: dict[str, Any] | None = None, forced: bool = False,
 ) -> None:
+    """Keep what the run planned, how it was judged, and its invalid rows.
+
+    A run planned again (an approved run) replaces what its earlier plan recorded.
+    """
     with store.transaction() as tx:
         tx.execute(
             "update tidegate_runs set planned_added = ?, planned_changed = ?, "
             "planned_removed = ?, planned_unchanged = ?, planned_invalid = ?, to_send = ?, "
-            "heartbeat_at = ? where id = ?",
+            "heartbeat_at = ?, verdict = ?, plan_digest = ?, plan_samples = ?, forced = ? "
+            "where id = ?",
             (counts.added, counts.changed, counts.removed, counts.unchanged, counts.invalid,
-             to_send, stamp(), run_id),
+             to_send, stamp(), json.dumps(verdict) if verdict else None, digest,
+             json.dumps(samples, default=str) if samples else None, forced, run_id),
         )
+        tx.execute("delete from tidegate_row_errors where run_id = ? and kind = 'invalid'",
+                   (run_id,))
         tx.executemany(
             "insert into tidegate_row_errors (run_id, sync, key, kind, error, attempt, record) "
             "values (?, ?, ?, 'invalid', ?, 1, ?)",
             [(run_id, sync, k, reason, rec) for k, reason, rec in invalid],
         )
+
+
+def resume_held(store: Store, run_id: int) -> RunRecord:
+    """Take a held run up again to deliver it: it must be held and its sync's latest run."""
+    with store.transaction() as tx:
+        found = tx.rows("select * from tidegate_runs where id = ?", (run_id,))
+        if not found:
+            raise ConfigError(Problem(f"there is no run {run_id}",
+                                      fix="list runs with `tidegate runs`"))
+        m = found[0]
+        sync = m["sync"]
+        tx.lock(f"sync:{sync}")
+        if m["status"] != "held":
+            raise ConfigError(Problem(
+                f"run {run_id} is {m['status']}, not held; only a held run can be approved",
+                fix=f"run the sync again: `tidegate run {sync}`"))
+        latest = tx.scalar("select max(id) from tidegate_runs where sync = ?", (sync,))
+        if int(latest) != run_id:
+            raise ConfigError(Problem(
+                f"run {run_id} is not the latest run of sync '{sync}' (run {latest} is), so "
+                "what it would send is out of date",
+                fix=f"approve run {latest} if it is held, or run the sync again"))
+        at = stamp()
+        tx.execute(
+            "update tidegate_runs set status = 'running', error = null, finished_at = null, "
+            "pid = ?, host = ?, heartbeat_at = ?, approved_at = ? where id = ?",
+            (os.getpid(), HOST, at, at, run_id),
+        )
+    return get_run(store, run_id)
+
+
+def recent_counts(store: Store, sync: str, limit: int, *, before: int) -> list[PlanCounts]:
+    """Planned counts of the sync's last successful runs before run ``before``, newest first."""
+    with store.transaction() as tx:
+        rows = tx.execute(
+            "select planned_added, planned_changed, planned_removed, planned_unchanged, "
+            "planned_invalid from tidegate_runs where sync = ? and id < ? "
+            "and status in ('succeeded', 'partial') order by id desc limit ?",
+            (sync, before, limit),
+        )
+    return [PlanCounts(*(int(v) for v in r)) for r in rows]
 
 
 def finish_run(

@@ -81,7 +81,7 @@ def _read_store(store: Store, sync: str) -> pa.Table:
     """The latest (key, hash) of every live key, from the sync's segments."""
     parts = [
         segments.decode(blob).append_column("seq", _constant(seq, rows))
-        for seq, rows, blob in _segment_pages(store, sync, "keys")
+        for _, seq, rows, blob in _segment_pages(store, sync, "keys")
     ]
     if not parts:
         return STATE_SCHEMA.empty_table()
@@ -89,7 +89,7 @@ def _read_store(store: Store, sync: str) -> pa.Table:
 
 
 def _segment_pages(store: Store, sync: str, columns: str) -> Iterator[tuple[Any, ...]]:
-    """(seq, rows, *columns) of each segment, a page at a time so memory stays bounded.
+    """(id, seq, rows, *columns) of each segment, a page at a time so memory stays bounded.
 
     Pages are separate transactions; a caller that must not see a mix of two
     states compares the state version before and after, which every change
@@ -104,7 +104,7 @@ def _segment_pages(store: Store, sync: str, columns: str) -> Iterator[tuple[Any,
                 (sync, after, _PAGE),
             )
         for row in page:
-            yield (int(row[1]), int(row[2]), *row[3:])
+            yield (int(row[0]), int(row[1]), int(row[2]), *row[3:])
         if len(page) < _PAGE:
             return
         after = int(page[-1][0])
@@ -181,7 +181,7 @@ def records(store: Store, sync: str) -> dict[str, str | None]:
     while True:
         version = current_version(store, sync)
         parts = []
-        for seq, rows, keys, recs in _segment_pages(store, sync, "keys, records"):
+        for _, seq, rows, keys, recs in _segment_pages(store, sync, "keys, records"):
             table = segments.decode(keys).append_column("record", segments.decode(recs)["record"])
             parts.append(table.append_column("seq", _constant(seq, rows)))
         if current_version(store, sync) == version:
@@ -190,6 +190,38 @@ def records(store: Store, sync: str) -> dict[str, str | None]:
         return {}
     latest = _latest(pa.concat_tables(parts), ["record"])
     return dict(zip(latest["key"].to_pylist(), latest["record"].to_pylist(), strict=True))
+
+
+def records_of(store: Store, sync: str, keys: pa.Array) -> pa.Table:
+    """(key, record) last acknowledged for each of ``keys`` that state holds.
+
+    Only segments holding one of ``keys`` have their records decoded, so memory
+    follows how many keys are asked for, not how large the state is.
+    """
+    wanted = pa.chunked_array([keys], pa.string()).combine_chunks()
+    empty = pa.table({"key": pa.array([], pa.string()), "record": pa.array([], pa.string())})
+    if not len(wanted):
+        return empty
+    while True:
+        version = current_version(store, sync)
+        parts = []
+        for seg_id, seq, _, blob in _segment_pages(store, sync, "keys"):
+            table = segments.decode(blob)
+            hit = pc.is_in(table["key"], value_set=wanted)
+            if not pc.any(hit).as_py():
+                continue
+            with store.transaction() as tx:
+                recs = tx.scalar("select records from tidegate_state_segments where id = ?",
+                                 (seg_id,))
+            if recs is None:  # compacted away since: the version check below retries
+                continue
+            table = table.append_column("record", segments.decode(recs)["record"]).filter(hit)
+            parts.append(table.append_column("seq", _constant(seq, table.num_rows)))
+        if current_version(store, sync) == version:
+            break
+    if not parts:
+        return empty
+    return _latest(pa.concat_tables(parts), ["record"])
 
 
 def reset(store: Store, sync: str) -> int:

@@ -149,7 +149,16 @@ V2: list[str | Callable[[Tx], None]] = [
     "drop table tidegate_state",
 ]
 
-MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2]
+# Guardrails: what a run's plan was judged to be, and whether it was forced or approved.
+V3: list[str | Callable[[Tx], None]] = [
+    "alter table tidegate_runs add column verdict text",
+    "alter table tidegate_runs add column plan_samples text",
+    "alter table tidegate_runs add column plan_digest text",
+    "alter table tidegate_runs add column forced {bool} not null default false",
+    "alter table tidegate_runs add column approved_at text",
+]
+
+MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3]
 
 
 class Tx:

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from tidegate import runs, state
+from tidegate import guard, runs, state
 from tidegate.config import Located, SyncConfig
 from tidegate.deliver import Deliverer
 from tidegate.destinations.base import BatchResult, Destination
 from tidegate.errors import ConfigError, FatalError, Problem, TidegateError
+from tidegate.guard import Verdict
 from tidegate.plan import MappingProblem, Outgoing, Plan, Planner
 from tidegate.progress import NullReporter, Reporter
 from tidegate.redact import redact
@@ -44,10 +45,18 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
         if not known.from_snapshot:
             state.save_snapshot(project.snapshot_dir, project.store, name, known.version,
                                 known.table)
+        latest = runs.list_runs(project.store, name, 1)
+        verdict = guard.judge(
+            plan, sync.guardrails, known=known.table.num_rows,
+            history=runs.recent_counts(project.store, name, _history_runs(sync),
+                                       before=(latest[0].id + 1) if latest else 1),
+            old_records=lambda keys: state.records_of(project.store, name, keys),
+        )
         return {
             "sync": name,
             "status": "planned",
             "mode": sync.mode,
+            "verdict": verdict.as_dict(),
             "planned": plan.counts.as_dict(),
             "to_send": dict(plan.to_send),
             "invalid_reasons": plan.invalid_reasons,
@@ -61,18 +70,34 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
         source.close()
 
 
-def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> dict[str, Any]:
-    """Run ``name`` once; return its summary. Config problems found on the way raise."""
+def run_sync(
+    project: Project,
+    name: str,
+    *,
+    full: bool,
+    reporter: Reporter,
+    force: bool = False,
+    approve: int | None = None,
+) -> dict[str, Any]:
+    """Run ``name`` once; return its summary. Config problems found on the way raise.
+
+    The plan is judged by the sync's guardrails first; a held run sends nothing.
+    ``force`` skips the judging (and is recorded). ``approve`` takes held run
+    ``approve`` up again: it is planned again and delivered if the plan is the one
+    that was held, or judged afresh if the model or state changed since.
+    """
     sync = project.sync(name)
     store = project.store
-    run_id = runs.start_run(
-        store, sync=name, mode=sync.mode, destination=sync.destination,
-        object=sync.object, full=full,
-    )
+    held_digest: str | None = None
+    if approve is None:
+        run_id = runs.start_run(
+            store, sync=name, mode=sync.mode, destination=sync.destination,
+            object=sync.object, full=full,
+        )
+    else:
+        held = runs.resume_held(store, approve)
+        run_id, held_digest, full = held.id, held.plan_digest, held.full
     log.info("run %s of sync %s started", run_id, name)
-    if sync.guardrails:
-        log.warning("sync %s has guardrails, which this version of tidegate does not judge yet",
-                    name)
     timings: dict[str, float] = {}
     status, error = "failed", None
     config_error: ConfigError | None = None
@@ -84,16 +109,26 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
         plan, source, known = _make_plan(project, name, sync, full, reporter, timings)
         progress = Progress(known.version)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
-        runs.record_plan(store, run_id, plan.counts, plan.total_to_send, invalid, name)
+        verdict = _judge(project, name, sync, plan, known, run_id, force=force,
+                         held_digest=held_digest)
+        runs.record_plan(
+            store, run_id, plan.counts, plan.total_to_send, invalid, name,
+            verdict=verdict.as_dict(), digest=plan.digest(),
+            samples=plan.samples() if verdict.held else None, forced=force,
+        )
         log.info("planned %s: %s, sending %s", name, plan.counts.as_dict(), plan.total_to_send)
-        destination = project.destination(name, run_id)
-        started = time.perf_counter()
-        _deliver(project, name, sync, run_id, plan, destination, reporter, progress)
-        timings["deliver_s"] = round(time.perf_counter() - started, 3)
-        record = runs.get_run(store, run_id)
-        status = "partial" if record.rejected or plan.counts.invalid else "succeeded"
-        if plan.counts.invalid:
-            error = _invalid_summary(plan.invalid_reasons)
+        if verdict.held:
+            status, error = "held", verdict.summary()
+            log.warning("run %s of sync %s is %s", run_id, name, error)
+        else:
+            destination = project.destination(name, run_id)
+            started = time.perf_counter()
+            _deliver(project, name, sync, run_id, plan, destination, reporter, progress)
+            timings["deliver_s"] = round(time.perf_counter() - started, 3)
+            record = runs.get_run(store, run_id)
+            status = "partial" if record.rejected or plan.counts.invalid else "succeeded"
+            if plan.counts.invalid:
+                error = _invalid_summary(plan.invalid_reasons)
     except ConfigError as exc:
         config_error = _locate(exc, project, name)
         error = redact(str(config_error))
@@ -113,9 +148,47 @@ def run_sync(project: Project, name: str, *, full: bool, reporter: Reporter) -> 
                 closeable.close()
         record = runs.finish_run(store, run_id, status, error, timings)
     log.info("run %s of sync %s %s", run_id, name, status)
+    summary = record.summary()
+    if project.config.alerts:
+        from tidegate.alerts import notify  # mail and TLS modules load only when alerts exist
+
+        notify(project.config.alerts, summary, project=project.name)
     if config_error is not None:
         raise config_error
-    return record.summary()
+    return summary
+
+
+def _judge(
+    project: Project,
+    name: str,
+    sync: SyncConfig,
+    plan: Plan,
+    known: state.Known,
+    run_id: int,
+    *,
+    force: bool,
+    held_digest: str | None,
+) -> Verdict:
+    if force:
+        return Verdict(held=False, forced=True,
+                       notes=["forced: the guardrails were not judged (run --force)"])
+    if held_digest is not None and plan.digest() == held_digest:
+        return Verdict(held=False, notes=[
+            f"approved: run {run_id} sends exactly the plan that was held"])
+    verdict = guard.judge(
+        plan, sync.guardrails, known=known.table.num_rows,
+        history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id),
+        old_records=lambda keys: state.records_of(project.store, name, keys),
+    )
+    if held_digest is not None:
+        verdict.notes.insert(0, "the model or state changed since this run was held: it was "
+                                "planned and judged again")
+    return verdict
+
+
+def _history_runs(sync: SyncConfig) -> int:
+    deviation = sync.guardrails.deviation
+    return deviation.runs if deviation is not None else 0
 
 
 @dataclass
