@@ -276,14 +276,18 @@ def show(
     run_id: Annotated[int, typer.Argument(help="Run id (see `tidegate runs`).", metavar="RUN")],
     project: ProjectOpt = Path("."),
     limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to list.")] = 50,
+    changes: Annotated[bool, typer.Option(
+        "--changes", help="Also list every change the run delivered: key, field, old, new.")]
+    = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """One run: counts, timings, and its rejected and invalid rows with reasons."""
+    """One run: counts, timings, its rejected and invalid rows, and (--changes) its changes."""
     proj = _load(project, as_json)
 
     def go() -> int:
         with proj:
-            result = proj.show(run_id)
+            result = proj.show(run_id, changes=changes,
+                               limit=None if as_json else limit + 1)
         if as_json:
             _emit_json(result)
             return EXIT_OK
@@ -301,6 +305,9 @@ def show(
             out.print(table)
             if len(rows) > limit:
                 out.print(f"… and {len(rows) - limit} more (--limit, or --json for all)")
+        _print_verdict(result.get("verdict"))
+        if changes:
+            _print_changes(result["changes"], limit)
         return EXIT_OK
 
     _guard(as_json, go)
@@ -407,6 +414,19 @@ def _print_summaries(results: list[dict[str, Any]], title: str = "summary") -> N
             else:
                 out.print(f"[yellow]run {r['run_id']}: {escape(r['error'])}[/yellow]",
                           markup=True)
+
+
+def _print_changes(changes: list[dict[str, Any]], limit: int) -> None:
+    if not changes:
+        out.print("no changes delivered")
+        return
+    table = Table("key", "field", "old", "new", "op", "at", title="changes delivered")
+    for c in changes[:limit]:
+        table.add_row(json.dumps(c["key"]), c["field"] or "", json.dumps(c["old"]),
+                      json.dumps(c["new"]), c["op"], c["at"])
+    out.print(table)
+    if len(changes) > limit:
+        out.print("… and more (--limit, or --json for all)")
 
 
 def _print_verdict(verdict: dict[str, Any] | None) -> None:

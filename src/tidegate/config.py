@@ -206,12 +206,19 @@ class SyncConfig(Strict):
         return dict(self.fields)
 
 
+class AuditConfig(Strict):
+    """The audit log of delivered changes; ``mask`` names fields kept only as salted hashes."""
+
+    mask: list[str] = Field(default_factory=list)
+
+
 class ProjectSettings(Strict):
     name: str = "tidegate"
     state: str = DEFAULT_STATE
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     destinations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     syncs: dict[str, Any] = Field(default_factory=dict)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     # Validated by ``tidegate.alerts``' models (see ``_validate_alerts``).
     alerts: list[dict[str, Any]] = Field(default_factory=list)
 

@@ -165,7 +165,6 @@ class _Judge:
         self.counts = plan.counts
         self.reasons: list[Reason] = []
         self.notes: list[str] = []
-        self._old_loaded = False
 
     # Rules
 
@@ -252,7 +251,7 @@ class _Judge:
                 cond, what = _transition(check, rule)
                 found = self.plan.con.execute(
                     f"select count(*) from diff d join m on m.rowid = d.__rid "
-                    f"join __old o on o.key = d.__key where d.__cat = 'changed' and {cond}"
+                    f"join old o on o.key = d.__key where d.__cat = 'changed' and {cond}"
                 ).fetchall()[0][0]
                 if found > check.max_rows:
                     self.reasons.append(Reason(
@@ -273,13 +272,7 @@ class _Judge:
         return 0
 
     def _load_old(self) -> None:
-        if self._old_loaded:
-            return
-        keys = self.plan.con.sql(
-            "select __key from diff where __cat in ('changed', 'removed')"
-        ).to_arrow_table()["__key"]
-        self.plan.con.register("__old", self.old_records(keys.combine_chunks()))
-        self._old_loaded = True
+        self.plan.load_old(self.old_records)
 
     def _samples(self, verb: str) -> list[dict[str, Any]]:
         cat = {"added": "added", "changed": "changed", "removed": "removed"}[verb]
@@ -288,7 +281,7 @@ class _Judge:
         if cat in ("changed", "removed"):
             self._load_old()
             old = "o.record"
-            join = "left join __old o on o.key = d.__key"
+            join = "left join old o on o.key = d.__key"
         else:
             old, join = "null", ""
         rows = self.plan.con.execute(
@@ -304,7 +297,7 @@ class _Judge:
         col = _q(check.field)
         rows = self.plan.con.execute(
             f"select d.__key, json_extract(o.record, {_path(check.field)}), to_json(m.{col}) "
-            f"from diff d join m on m.rowid = d.__rid left join __old o on o.key = d.__key "
+            f"from diff d join m on m.rowid = d.__rid left join old o on o.key = d.__key "
             f"where d.__cat in ('added', 'changed') and ({check.failing}) "
             f"order by d.__key limit {SAMPLES}"
         ).fetchall()
@@ -314,14 +307,14 @@ class _Judge:
         rows = self.plan.con.execute(
             f"select d.__key, json_extract(o.record, {_path(check.field)}), "
             f"to_json(m.{_q(check.field)}) from diff d join m on m.rowid = d.__rid "
-            f"join __old o on o.key = d.__key where d.__cat = 'changed' and {cond} "
+            f"join old o on o.key = d.__key where d.__cat = 'changed' and {cond} "
             f"order by d.__key limit {SAMPLES}"
         ).fetchall()
         return [{"key": json.loads(k), "old": _json(o), "new": _json(n)} for k, o, n in rows]
 
 
 def _transition(check: Check, rule: str) -> tuple[str, str]:
-    """The SQL condition (over ``m`` and ``__old o``) a changed row breaks, and its words."""
+    """The SQL condition (over ``m`` and ``old o``) a changed row breaks, and its words."""
     col, path = f"m.{_q(check.field)}", _path(check.field)
     old_json = f"json_extract(o.record, {path})"
     old_num = f"try_cast(json_extract_string(o.record, {path}) as double)"

@@ -23,7 +23,7 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ class Outgoing:
     """
 
     batch: Batch
-    meta: pa.Table  # __key, __hash, __cat, __fields
+    meta: pa.Table  # __key, __hash, __cat, __fields, __audit_old, __audit_new
 
 
 @dataclass
@@ -120,11 +120,46 @@ class Plan:
     check_holds: list[tuple[RowCheck, int]] = field(default_factory=list)
     _typed: bool = field(default=True, repr=False)
     _documents: bool = field(default=False, repr=False)
+    _old_loaded: bool = field(default=False, repr=False)
+    _mask: list[str] = field(default_factory=list, repr=False)
+    _salt: str = field(default="", repr=False)
     _workdir: Path | None = field(default=None, repr=False)
 
     @property
     def total_to_send(self) -> int:
         return sum(self.to_send.values())
+
+    def load_old(self, read: Callable[[pa.Array], pa.Table]) -> None:
+        """Fill ``old`` with the records last delivered for the changed and removed keys.
+
+        ``read`` gets those keys and returns (key, record); done once per plan.
+        """
+        if self._old_loaded:
+            return
+        keys = self.con.sql(
+            "select __key from diff where __cat in ('changed', 'removed')"
+        ).to_arrow_table()["__key"].combine_chunks()
+        if len(keys):
+            found = read(keys)
+            self.con.register("old_found", found)
+            self.con.execute("insert into old select key, record from old_found")
+            self.con.unregister("old_found")
+        self._old_loaded = True
+
+    def mask_audit(self, fields: Sequence[str], salt: str) -> None:
+        """Store ``fields`` in the audit log as salted hashes instead of values."""
+        self._mask = [f for f in fields if f in self.mapped_fields]
+        self._salt = salt
+
+    def _audit_sql(self, column: str) -> str:
+        expr = column
+        for name in self._mask:
+            value = f"({expr} -> {_lit(name)})"
+            masked = (f"json_merge_patch({expr}, json_object({_lit(name)}, 'sha256:' || "
+                      f"left(sha256({_lit(self._salt)} || ({value})::varchar), 16)))")
+            expr = (f"case when {value} is null or json_type({value}) = 'NULL' "
+                    f"then {expr} else {masked} end")
+        return expr
 
     def fields_json_sql(self, prefix: str = "") -> str:
         """SQL for a row's mapped values as JSON text, reading ``m`` under ``prefix``."""
@@ -157,9 +192,11 @@ class Plan:
         self._typed, self._documents = typed, documents
         cols = ", __document" if documents else ""
         cols += "".join(", " + _q(c) for c in self.record_fields) if typed else ""
+        audit = (f", {self._audit_sql('__old')} as __audit_old, "
+                 f"{self._audit_sql('__fields')} as __audit_new")
         self.con.execute("set preserve_insertion_order = true")
         reader = self.con.sql(
-            f"select __op, __cat, __key, __hash, __fields{cols} from send"
+            f"select __op, __cat, __key, __hash, __fields{audit}{cols} from send"
         ).to_arrow_reader(_CHUNK_ROWS)
         carry: pa.Table | None = None
         for chunk in reader:
@@ -196,7 +233,8 @@ class Plan:
             fields=None if op == "delete" else table.column("__fields"),
             documents=table.column("__document") if self._documents else None,
         )
-        return Outgoing(batch=batch, meta=table.select(["__key", "__hash", "__cat", "__fields"]))
+        return Outgoing(batch=batch, meta=table.select(
+            ["__key", "__hash", "__cat", "__fields", "__audit_old", "__audit_new"]))
 
     def invalid_rows(self) -> Iterator[tuple[str, str, str]]:
         """(key, reason, record JSON) of every invalid row."""
@@ -566,6 +604,9 @@ class Planner:
         fields_json = f"to_json(struct_pack({_struct_args(mapped)}))"
         cats = ", ".join(f"'{c}'" for c in sends)
         cols = ", ".join(self._record_columns(con, record, keys))
+        # What state last acknowledged for changed and removed keys: filled before
+        # a run delivers (``Plan.load_old``), empty for a plan that is only shown.
+        con.execute("create temp table old (key varchar primary key, record varchar)")
         # JSON is made after the sort, so the sort moves narrow rows.
         con.execute(
             f"""
@@ -575,11 +616,12 @@ class Planner:
                         else '{{"key":' || __key || ',"fields":' || coalesce(__fields, '{{}}')
                              || '}}' end as __document
             from (select __op, __ord, __cat, __key, __hash,
-                         case when {present} then {fields_json} end as __fields,
+                         case when {present} then {fields_json} end as __fields, __old,
                          {", ".join(_q(c) for c in record)}
                   from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key,
-                               d.__hash, {cols}
+                               d.__hash, o.record as __old, {cols}
                         from diff d left join m on m.rowid = d.__rid
+                        left join old o on o.key = d.__key
                         where d.__cat in ({cats}) order by __ord, __key))
             """
         )
@@ -631,6 +673,10 @@ def _cuts(
 
 def _pairs(cuts: list[int]) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _q(name: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from tidegate import destinations, redact, runs, state
+from tidegate import audit, destinations, redact, runs, state
 from tidegate.config import (
     Located,
     ProjectConfig,
@@ -157,8 +157,10 @@ class Project:
             self.sync(sync)
         return runs.list_runs(self.store, sync, limit)
 
-    def show(self, run_id: int) -> dict[str, Any]:
-        """One run: its summary, timings and every rejected or invalid row."""
+    def show(self, run_id: int, *, changes: bool = False,
+             limit: int | None = None) -> dict[str, Any]:
+        """One run: its summary, timings and every rejected or invalid row; with
+        ``changes``, also every change it delivered (key, field, old, new, time)."""
         try:
             record = runs.get_run(self.store, run_id)
         except KeyError:
@@ -181,6 +183,8 @@ class Project:
             samples=record.plan_samples,
             rows=runs.row_errors(self.store, run_id),
         )
+        if changes:
+            out["changes"] = audit.changes(self.store, run_id, limit=limit)
         return out
 
     def reset(self, sync: str) -> int:

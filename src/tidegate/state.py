@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tidegate import segments
+from tidegate import audit, segments
 from tidegate.plan import Outgoing
 from tidegate.runs import now
 from tidegate.store import Store, Tx
@@ -123,6 +123,7 @@ def _all_true(rows: int) -> pa.Array:
 _TRUE = pa.scalar(True)
 _ADDED = pa.scalar("added")
 _REMOVED = pa.scalar("removed")
+_CREATED, _UPDATED, _DELETED = (pa.scalar(w) for w in ("created", "updated", "deleted"))
 
 
 def _latest(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -267,7 +268,7 @@ def commit_batches(
     after it.
     """
     delivered = {"created": 0, "updated": 0, "deleted": 0}
-    keys, hashes, alive, fields = [], [], [], []
+    keys, hashes, alive, fields, changes = [], [], [], [], []
     for out, rejected in acknowledged:
         meta = out.meta
         if rejected:
@@ -278,12 +279,19 @@ def commit_batches(
         if op == "delete":
             delivered["deleted"] += n
             alive.append(pc.not_equal(categories, _REMOVED))
+            what = pa.repeat(_DELETED, n)
         else:
-            created = 0 if op == "update" else int(pc.sum(pc.equal(categories, _ADDED)).as_py()
-                                                   or 0)
+            is_new = (pa.repeat(pa.scalar(False), n) if op == "update"
+                      else pc.equal(categories, _ADDED))
+            created = int(pc.sum(is_new).as_py() or 0)
             delivered["created"] += created
             delivered["updated"] += n - created
             alive.append(_all_true(n))
+            what = pc.if_else(is_new, _CREATED, _UPDATED)
+        changes.append(pa.table({
+            "key": meta["__key"], "op": what, "old": meta["__audit_old"],
+            "new": (pa.nulls(n, pa.string()) if op == "delete" else meta["__audit_new"]),
+        }))
         keys.append(meta["__key"].combine_chunks())
         hashes.append(meta["__hash"].combine_chunks())
         fields.append(meta["__fields"].combine_chunks())
@@ -302,6 +310,8 @@ def commit_batches(
                 (sync, version, run_id, rows, stamp, segments.keys_blob(key, hash_, live),
                  segments.records_blob(pa.concat_arrays(fields))),
             )
+        audit.append(tx, sync=sync, run_id=run_id, stamp=stamp,
+                     changes=pa.concat_tables(changes).combine_chunks())
         for out, rejected in acknowledged:
             if rejected:
                 _record_rejected(tx, sync, run_id, out, rejected)

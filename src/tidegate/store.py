@@ -149,13 +149,25 @@ V2: list[str | Callable[[Tx], None]] = [
     "drop table tidegate_state",
 ]
 
-# Guardrails: what a run's plan was judged to be, and whether it was forced or approved.
+# Guardrails: what a run's plan was judged to be, and whether it was forced or approved;
+# and the audit log of every delivered change.
 V3: list[str | Callable[[Tx], None]] = [
     "alter table tidegate_runs add column verdict text",
     "alter table tidegate_runs add column plan_samples text",
     "alter table tidegate_runs add column plan_digest text",
     "alter table tidegate_runs add column forced {bool} not null default false",
     "alter table tidegate_runs add column approved_at text",
+    # The audit log: a commit's delivered changes as Arrow (see ``tidegate.audit``).
+    """create table if not exists tidegate_changes (
+        id {serial},
+        run_id bigint not null,
+        sync text not null,
+        rows bigint not null,
+        created_at text not null,
+        changes {blob} not null
+    )""",
+    "create index if not exists ix_tidegate_changes_run on tidegate_changes (run_id, id)",
+    "create table if not exists tidegate_meta (name text primary key, value text not null)",
 ]
 
 MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from tidegate import guard, runs, state
+from tidegate import audit, guard, runs, state
 from tidegate.config import Located, SyncConfig
 from tidegate.deliver import Deliverer
 from tidegate.destinations.base import BatchResult, Destination
@@ -121,6 +121,11 @@ def run_sync(
             status, error = "held", verdict.summary()
             log.warning("run %s of sync %s is %s", run_id, name, error)
         else:
+            # The audit log records each change's old value: read it for the keys
+            # that have one, before anything is sent.
+            plan.load_old(lambda keys: state.records_of(store, name, keys))
+            if project.settings.audit.mask:
+                plan.mask_audit(project.settings.audit.mask, audit.salt(store))
             destination = project.destination(name, run_id)
             started = time.perf_counter()
             _deliver(project, name, sync, run_id, plan, destination, reporter, progress)

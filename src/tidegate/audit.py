@@ -1,0 +1,97 @@
+"""The audit log: every change a run delivered — key, field, old value, new value, time.
+
+Each commit of acknowledged batches also appends what they changed to
+``tidegate_changes``, in the same transaction as state: one row per commit
+holding, per record, its key, what happened to it (created, updated, deleted),
+the record as last delivered before and the record as delivered now, as
+LZ4-compressed Arrow. Reading a run's changes splits each record into one row
+per field whose value differs.
+
+Fields listed under ``audit.mask`` are kept as salted hashes (``sha256:`` and
+16 hex digits): a change still shows as a change, but the value is not stored.
+The salt is made once per state store and kept in ``tidegate_meta``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from tidegate import segments
+from tidegate.store import Store, Tx
+
+CHANGES_SCHEMA = pa.schema([
+    ("key", pa.string()), ("op", pa.string()), ("old", pa.string()), ("new", pa.string()),
+])
+_SALT = "audit_salt"
+
+
+def salt(store: Store) -> str:
+    """The store's audit salt, made on first use."""
+    with store.transaction() as tx:
+        found = tx.scalar("select value from tidegate_meta where name = ?", (_SALT,))
+        if found is None:
+            found = secrets.token_hex(16)
+            tx.execute("insert into tidegate_meta (name, value) values (?, ?)", (_SALT, found))
+    return str(found)
+
+
+def append(tx: Tx, *, sync: str, run_id: int, stamp: str, changes: pa.Table) -> None:
+    """Record ``changes`` (``CHANGES_SCHEMA``) inside the caller's commit."""
+    if not changes.num_rows:
+        return
+    tx.execute(
+        "insert into tidegate_changes (run_id, sync, rows, created_at, changes) "
+        "values (?, ?, ?, ?, ?)",
+        (run_id, sync, changes.num_rows, stamp,
+         segments.encode(changes.cast(CHANGES_SCHEMA), "lz4")),
+    )
+
+
+def changes(
+    store: Store, run_id: int, *, limit: int | None = None, offset: int = 0
+) -> list[dict[str, Any]]:
+    """The changes run ``run_id`` delivered, one per key and field, in key order."""
+    with store.transaction() as tx:
+        rows = tx.execute(
+            "select created_at, changes from tidegate_changes where run_id = ? order by id",
+            (run_id,),
+        )
+    if not rows:
+        return []
+    parts = []
+    for at, blob in rows:
+        table = segments.decode(blob)
+        parts.append(table.append_column("stamp", pa.repeat(pa.scalar(at, pa.string()),
+                                                         table.num_rows)))
+    con = duckdb.connect()
+    try:
+        con.register("c", pa.concat_tables(parts))
+        found = con.execute(
+            """
+            with fields as (
+                select key, op, stamp, old, new, unnest(coalesce(nullif(list_distinct(
+                    list_concat(coalesce(json_keys(old), []), coalesce(json_keys(new), []))),
+                    []), [null])) as field
+                from c)
+            select key, field, old -> field, new -> field, op, stamp from fields
+            where field is null or (old -> field) is distinct from (new -> field)
+            order by key, field limit ? offset ?
+            """,
+            [limit if limit is not None else 2**62, offset],
+        ).fetchall()
+    finally:
+        con.close()
+    return [
+        {"key": json.loads(k), "field": f, "old": _value(o), "new": _value(n), "op": op,
+         "at": at}
+        for k, f, o, n, op, at in found
+    ]
+
+
+def _value(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
