@@ -83,6 +83,7 @@ def test_masked_fields_are_stored_as_salted_hashes(project_dir: Path,
     # The values themselves are nowhere in the log.
     with closing(sqlite3.connect(project_dir / ".tidegate" / "state.db")) as conn:
         blobs = [segments.decode(b).to_pylist()
-                 for (b,) in conn.execute("select changes from tidegate_changes")]
+                 for row in conn.execute("select changes, records from tidegate_changes")
+                 for b in row]
     text = json.dumps(blobs)
     assert "acct 1" not in text and "renamed" not in text and "acct 4" not in text

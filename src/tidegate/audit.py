@@ -2,9 +2,10 @@
 
 Each commit of acknowledged batches also appends what they changed to
 ``tidegate_changes``, in the same transaction as state: one row per commit
-holding, per record, its key, what happened to it (created, updated, deleted),
-the record as last delivered before and the record as delivered now, as
-LZ4-compressed Arrow. Reading a run's changes splits each record into one row
+holding, per record, its key, what happened to it (created, updated, deleted)
+and the record as last delivered before, and apart from those the records as
+delivered now — the very bytes of the state segment the commit writes, unless
+fields are masked — as LZ4-compressed Arrow. Reading a run's changes splits each record into one row
 per field whose value differs.
 
 Fields listed under ``audit.mask`` are kept as salted hashes (``sha256:`` and
@@ -20,13 +21,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tidegate import segments
 from tidegate.store import Store, Tx
 
-CHANGES_SCHEMA = pa.schema([
-    ("key", pa.string()), ("op", pa.string()), ("old", pa.string()), ("new", pa.string()),
-])
+CHANGES_SCHEMA = pa.schema([("key", pa.string()), ("op", pa.string()), ("old", pa.string())])
 _SALT = "audit_salt"
 
 
@@ -40,15 +40,16 @@ def salt(store: Store) -> str:
     return str(found)
 
 
-def append(tx: Tx, *, sync: str, run_id: int, stamp: str, changes: pa.Table) -> None:
-    """Record ``changes`` (``CHANGES_SCHEMA``) inside the caller's commit."""
-    if not changes.num_rows:
-        return
+def append(
+    tx: Tx, *, sync: str, run_id: int, stamp: str, changes: pa.Table, new_values: bytes
+) -> None:
+    """Record ``changes`` (``CHANGES_SCHEMA``) and, row for row, ``new_values`` (a
+    ``segments.records_blob``) inside the caller's commit."""
     tx.execute(
-        "insert into tidegate_changes (run_id, sync, rows, created_at, changes) "
-        "values (?, ?, ?, ?, ?)",
+        "insert into tidegate_changes (run_id, sync, rows, created_at, changes, records) "
+        "values (?, ?, ?, ?, ?, ?)",
         (run_id, sync, changes.num_rows, stamp,
-         segments.encode(changes.cast(CHANGES_SCHEMA), "lz4")),
+         segments.encode(changes.cast(CHANGES_SCHEMA), "lz4"), new_values),
     )
 
 
@@ -58,16 +59,19 @@ def changes(
     """The changes run ``run_id`` delivered, one per key and field, in key order."""
     with store.transaction() as tx:
         rows = tx.execute(
-            "select created_at, changes from tidegate_changes where run_id = ? order by id",
-            (run_id,),
+            "select created_at, changes, records from tidegate_changes where run_id = ? "
+            "order by id", (run_id,),
         )
     if not rows:
         return []
     parts = []
-    for at, blob in rows:
+    for at, blob, records in rows:
         table = segments.decode(blob)
-        parts.append(table.append_column("stamp", pa.repeat(pa.scalar(at, pa.string()),
-                                                         table.num_rows)))
+        new = pc.if_else(pc.equal(table["op"], pa.scalar("deleted")),
+                         pa.nulls(table.num_rows, pa.string()),
+                         segments.decode(records)["record"])
+        parts.append(table.append_column("new", new).append_column(
+            "stamp", pa.repeat(pa.scalar(at, pa.string()), table.num_rows)))
     con = duckdb.connect()
     try:
         con.register("c", pa.concat_tables(parts))

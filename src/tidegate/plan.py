@@ -98,7 +98,12 @@ class Outgoing:
     """
 
     batch: Batch
-    meta: pa.Table  # __key, __hash, __cat, __fields, __audit_old, __audit_new
+    # __key, __hash, __cat, __fields, and for the audit log either __old (the record
+    # last delivered) or, when fields are masked, __audit_old and __audit_new.
+    meta: pa.Table
+
+    def audit_old(self, meta: pa.Table) -> pa.ChunkedArray:
+        return meta["__audit_old" if "__audit_old" in meta.column_names else "__old"]
 
 
 @dataclass
@@ -192,8 +197,10 @@ class Plan:
         self._typed, self._documents = typed, documents
         cols = ", __document" if documents else ""
         cols += "".join(", " + _q(c) for c in self.record_fields) if typed else ""
-        audit = (f", {self._audit_sql('__old')} as __audit_old, "
-                 f"{self._audit_sql('__fields')} as __audit_new")
+        audit = ", __old"
+        if self._mask:
+            audit += (f", {self._audit_sql('__old')} as __audit_old, "
+                      f"{self._audit_sql('__fields')} as __audit_new")
         self.con.execute("set preserve_insertion_order = true")
         reader = self.con.sql(
             f"select __op, __cat, __key, __hash, __fields{audit}{cols} from send"
@@ -233,8 +240,9 @@ class Plan:
             fields=None if op == "delete" else table.column("__fields"),
             documents=table.column("__document") if self._documents else None,
         )
+        audit = ["__audit_old", "__audit_new"] if self._mask else ["__old"]
         return Outgoing(batch=batch, meta=table.select(
-            ["__key", "__hash", "__cat", "__fields", "__audit_old", "__audit_new"]))
+            ["__key", "__hash", "__cat", "__fields", *audit]))
 
     def invalid_rows(self) -> Iterator[tuple[str, str, str]]:
         """(key, reason, record JSON) of every invalid row."""

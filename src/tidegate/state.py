@@ -128,6 +128,9 @@ _CREATED, _UPDATED, _DELETED = (pa.scalar(w) for w in ("created", "updated", "de
 
 def _latest(table: pa.Table, columns: list[str]) -> pa.Table:
     """Per key, ``columns`` from its latest segment; keys whose latest entry is removed go."""
+    if pc.count_distinct(table["key"]).as_py() == table.num_rows:
+        # Each key once (state after compaction, or a few keys asked for): nothing to pick.
+        return table.filter(table["live"]).select(["key", *columns])
     con = duckdb.connect()
     try:
         con.register("entries", table)
@@ -205,20 +208,24 @@ def records_of(store: Store, sync: str, keys: pa.Array) -> pa.Table:
         return empty
     while True:
         version = current_version(store, sync)
-        parts = []
+        hits: dict[int, tuple[int, pa.Table, pa.Array]] = {}
         for seg_id, seq, _, blob in _segment_pages(store, sync, "keys"):
             table = segments.decode(blob)
             hit = pc.is_in(table["key"], value_set=wanted)
-            if not pc.any(hit).as_py():
-                continue
+            if pc.any(hit).as_py():
+                hits[seg_id] = (seq, table, hit)
+        parts = []
+        for ids in _chunks(list(hits), 500):
             with store.transaction() as tx:
-                recs = tx.scalar("select records from tidegate_state_segments where id = ?",
-                                 (seg_id,))
-            if recs is None:  # compacted away since: the version check below retries
-                continue
-            table = table.append_column("record", segments.decode(recs)["record"]).filter(hit)
-            parts.append(table.append_column("seq", _constant(seq, table.num_rows)))
-        if current_version(store, sync) == version:
+                found = tx.execute(
+                    "select id, records from tidegate_state_segments "
+                    f"where id in ({', '.join('?' * len(ids))})", ids)
+            for seg_id, recs in found:
+                seq, table, hit = hits[int(seg_id)]
+                table = table.append_column("record", segments.decode(recs)["record"])
+                table = table.filter(hit)
+                parts.append(table.append_column("seq", _constant(seq, table.num_rows)))
+        if current_version(store, sync) == version:  # else compacted or changed meanwhile
             break
     if not parts:
         return empty
@@ -268,7 +275,7 @@ def commit_batches(
     after it.
     """
     delivered = {"created": 0, "updated": 0, "deleted": 0}
-    keys, hashes, alive, fields, changes = [], [], [], [], []
+    keys, hashes, alive, fields, changes, masked = [], [], [], [], [], []
     for out, rejected in acknowledged:
         meta = out.meta
         if rejected:
@@ -288,10 +295,9 @@ def commit_batches(
             delivered["updated"] += n - created
             alive.append(_all_true(n))
             what = pc.if_else(is_new, _CREATED, _UPDATED)
-        changes.append(pa.table({
-            "key": meta["__key"], "op": what, "old": meta["__audit_old"],
-            "new": (pa.nulls(n, pa.string()) if op == "delete" else meta["__audit_new"]),
-        }))
+        changes.append(pa.table({"key": meta["__key"], "op": what, "old": out.audit_old(meta)}))
+        if "__audit_new" in meta.column_names:
+            masked.append(meta["__audit_new"].combine_chunks())
         keys.append(meta["__key"].combine_chunks())
         hashes.append(meta["__hash"].combine_chunks())
         fields.append(meta["__fields"].combine_chunks())
@@ -301,6 +307,10 @@ def commit_batches(
     rows = len(key)
     refused_total = sum(len(rejected) for _, rejected in acknowledged)
     stamp = now().isoformat()
+    records = segments.records_blob(pa.concat_arrays(fields)) if rows else b""
+    # The audit log's new values are the records state keeps, unless fields are masked:
+    # then the same bytes serve both, compressed once.
+    new_values = segments.records_blob(pa.concat_arrays(masked)) if masked else records
     with store.transaction() as tx:
         version = _bump(tx, sync)
         if rows:
@@ -308,10 +318,11 @@ def commit_batches(
                 "insert into tidegate_state_segments (sync, seq, run_id, rows, created_at, "
                 "keys, records) values (?, ?, ?, ?, ?, ?, ?)",
                 (sync, version, run_id, rows, stamp, segments.keys_blob(key, hash_, live),
-                 segments.records_blob(pa.concat_arrays(fields))),
+                 records),
             )
-        audit.append(tx, sync=sync, run_id=run_id, stamp=stamp,
-                     changes=pa.concat_tables(changes).combine_chunks())
+            audit.append(tx, sync=sync, run_id=run_id, stamp=stamp,
+                         changes=pa.concat_tables(changes).combine_chunks(),
+                         new_values=new_values)
         for out, rejected in acknowledged:
             if rejected:
                 _record_rejected(tx, sync, run_id, out, rejected)
@@ -446,5 +457,5 @@ def _record_rejected(
     )
 
 
-def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]

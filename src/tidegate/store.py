@@ -164,7 +164,8 @@ V3: list[str | Callable[[Tx], None]] = [
         sync text not null,
         rows bigint not null,
         created_at text not null,
-        changes {blob} not null
+        changes {blob} not null,
+        records {blob} not null
     )""",
     "create index if not exists ix_tidegate_changes_run on tidegate_changes (run_id, id)",
     "create table if not exists tidegate_meta (name text primary key, value text not null)",
