@@ -93,6 +93,9 @@ def test_the_zero_dollar_story_is_held_then_approved(project_dir: Path,
         record = p.show(held["run_id"])
     assert record["approved_at"] is not None and record["forced"] is False
     assert "approved" in record["verdict"]["notes"][0]
+    # What it was held for stays on the record.
+    assert record["verdict"]["approved"] is True
+    assert record["verdict"]["reasons"][0]["rule"] == "no_zero_overwrite"
 
 
 def test_a_model_that_returns_no_rows_in_mirror_mode_is_held_by_default(
@@ -280,3 +283,81 @@ def test_only_the_latest_held_run_can_be_approved(project_dir: Path,
     assert stale.returncode == 2 and "not the latest run" in stale.stderr
     missing = cli("approve", "999", "--project", str(project_dir), env=ENV)
     assert missing.returncode == 2 and "no run 999" in missing.stderr
+
+
+def test_checks_on_text_and_patterns_fail_cleanly(project_dir: Path,
+                                                  receiver: WebhookReceiver) -> None:
+    warehouse(project_dir / "warehouse.duckdb", 10)
+    with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
+        con.execute("create or replace table opportunities as select id, name, "
+                    "case when id = 2 then 'n/a' else score::varchar end as amount from accounts")
+    setup_project(project_dir, receiver, checks=[
+        {"field": "amount", "between": [0, 100], "accepted_values": [0, 13, 26, 39, 52, 65,
+                                                                      78, 91, 3, 16]}])
+    first = run(project_dir)
+    assert first["status"] == "partial" and first["planned"]["invalid"] == 1  # 'n/a'
+    assert "2" not in receiver.records("Opportunity")
+    setup_project(project_dir, receiver, checks=[{"field": "name", "matches": "^(?=a)b"}])
+    bad = cli("run", "deals", "--project", str(project_dir), env=ENV)
+    assert bad.returncode == 2 and "RE2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rules_judge_only_what_the_mode_sends(project_dir: Path,
+                                              receiver: WebhookReceiver) -> None:
+    opportunities(project_dir)
+    setup_project(project_dir, receiver, mode="insert",
+                  checks=[{"field": "amount", "no_zero_overwrite": True}], max_changed_pct=1)
+    run(project_dir)
+    opportunities(project_dir, zero_every=2)
+    insert = run(project_dir)  # insert mode never sends changed rows: nothing to hold
+    assert insert["status"] == "succeeded" and sum(insert["delivered"].values()) == 0
+    assert any("max_changed_pct: not judged" in n for n in insert["verdict"]["notes"])
+
+    setup_project(project_dir, receiver, mode="upsert",
+                  max_deviation={"factor": 2, "runs": 3, "min_rows": 10})
+    with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
+        con.execute("delete from opportunities where id >= 9000")  # gone, but upsert keeps them
+    for _ in range(4):
+        assert run(project_dir)["status"] == "succeeded"  # 1,000 "removed" never judged
+
+
+def test_delete_mode_with_an_empty_queue_is_not_held(project_dir: Path,
+                                                     receiver: WebhookReceiver) -> None:
+    opportunities(project_dir)
+    with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
+        con.execute("create table doomed as select id, name, amount from opportunities "
+                    "where id < 10")
+    setup_project(project_dir, receiver, mode="delete", table="doomed")
+    assert run(project_dir)["delivered"]["deleted"] == 10
+    with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
+        con.execute("delete from doomed")
+    assert run(project_dir)["status"] == "succeeded"  # nothing left to delete is normal
+
+
+def test_a_run_that_failed_before_planning_does_not_block_approval(
+    project_dir: Path, receiver: WebhookReceiver
+) -> None:
+    opportunities(project_dir)
+    setup_project(project_dir, receiver, max_changed_pct=10)
+    run(project_dir)
+    with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
+        con.execute("update opportunities set amount = amount + 1 where id < 2000")
+    held = run(project_dir)
+    receiver.down()
+    setup_project(project_dir, receiver, max_changed_pct=10, table="no_such_table")
+    failed = cli("run", "deals", "--project", str(project_dir), env=ENV)
+    assert failed.returncode == 2
+    receiver.up()
+    setup_project(project_dir, receiver, max_changed_pct=10)
+    assert approve(project_dir, held["run_id"])["delivered"]["updated"] == 2_000
+
+
+def test_brackets_in_values_and_errors_print_as_they_are(project_dir: Path,
+                                                        receiver: WebhookReceiver) -> None:
+    opportunities(project_dir)
+    setup_project(project_dir, receiver)
+    receiver.reject_keys([7], "tag [red] and [bold]x")
+    result = run(project_dir)
+    assert result["rejected"] == 1
+    shown = cli("show", str(result["run_id"]), "--project", str(project_dir), env=ENV)
+    assert "tag [red] and [bold]x" in shown.stdout

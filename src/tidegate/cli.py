@@ -300,8 +300,8 @@ def show(
         if rows:
             table = Table("kind", "key", "attempt", "error", title="rows not delivered")
             for row in rows[:limit]:
-                table.add_row(row["kind"], json.dumps(row["key"]), str(row["attempt"]),
-                              row["error"])
+                table.add_row(row["kind"], escape(json.dumps(row["key"])), str(row["attempt"]),
+                              escape(row["error"]))
             out.print(table)
             if len(rows) > limit:
                 out.print(f"… and {len(rows) - limit} more (--limit, or --json for all)")
@@ -388,7 +388,7 @@ def _print_plan(result: dict[str, Any]) -> None:
     for category, samples in result.get("samples", {}).items():
         out.print(f"{category}:")
         for s in samples:
-            out.print("  " + json.dumps(s, default=str))
+            out.print("  " + json.dumps(s, default=str), markup=False, highlight=False)
 
 
 def _print_summaries(results: list[dict[str, Any]], title: str = "summary") -> None:
@@ -422,8 +422,9 @@ def _print_changes(changes: list[dict[str, Any]], limit: int) -> None:
         return
     table = Table("key", "field", "old", "new", "op", "at", title="changes delivered")
     for c in changes[:limit]:
-        table.add_row(json.dumps(c["key"]), c["field"] or "", json.dumps(c["old"]),
-                      json.dumps(c["new"]), c["op"], c["at"])
+        table.add_row(*(escape(v) for v in (
+            json.dumps(c["key"]), c["field"] or "", json.dumps(c["old"]), json.dumps(c["new"]),
+            c["op"], c["at"])))
     out.print(table)
     if len(changes) > limit:
         out.print("… and more (--limit, or --json for all)")
@@ -432,16 +433,21 @@ def _print_changes(changes: list[dict[str, Any]], limit: int) -> None:
 def _print_verdict(verdict: dict[str, Any] | None) -> None:
     if not verdict:
         return
-    if not verdict["held"]:
+    if verdict.get("approved"):
+        out.print("[green]guardrails: approved after a hold[/green]", markup=True)
+    elif verdict.get("forced"):
+        out.print("[yellow]guardrails: forced, not judged[/yellow]", markup=True)
+    elif not verdict["held"]:
         out.print("[green]guardrails: pass[/green]", markup=True)
+    label = "held" if verdict["held"] else "was held"
     for reason in verdict["reasons"]:
-        out.print(f"[magenta]held: {escape(reason['message'])}[/magenta] "
+        out.print(f"[magenta]{label}: {escape(reason['message'])}[/magenta] "
                   f"{escape('[' + reason['rule'] + ']')}", markup=True, highlight=False)
         for sample in reason["samples"]:
             out.print(f"  key {json.dumps(sample['key'])}: {json.dumps(sample['old'])} → "
-                      f"{json.dumps(sample['new'])}", highlight=False)
+                      f"{json.dumps(sample['new'])}", markup=False, highlight=False)
     for note in verdict["notes"]:
-        out.print(f"  note: {escape(note)}", highlight=False)
+        out.print(f"  note: {note}", markup=False, highlight=False)
 
 
 def main() -> None:

@@ -25,8 +25,14 @@ from tidegate.config import Check, Guardrails
 if TYPE_CHECKING:
     from tidegate.plan import Plan, PlanCounts
 
+# What each mode sends, by category of key (SPEC §3); the planner's table of record.
+SENDS: dict[str, tuple[str, ...]] = {
+    "insert": ("added",), "update": ("added", "changed"), "upsert": ("added", "changed"),
+    "delete": ("added",), "mirror": ("added", "changed", "removed"),
+}
+
 SAMPLES = 5
-SAFE_REMOVED_PCT = 50.0  # a mirror or delete run may remove at most this share of known rows
+SAFE_REMOVED_PCT = 50.0  # a mirror run may delete at most this share of known records
 
 
 @dataclass
@@ -46,14 +52,16 @@ class Verdict:
     reasons: list[Reason] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     forced: bool = False
+    approved: bool = False  # held, then approved: ``reasons`` are what it was held for
 
     def as_dict(self) -> dict[str, Any]:
-        return {"held": self.held, "forced": self.forced,
+        return {"held": self.held, "forced": self.forced, "approved": self.approved,
                 "reasons": [asdict(r) for r in self.reasons], "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
         return cls(held=bool(data.get("held")), forced=bool(data.get("forced")),
+                   approved=bool(data.get("approved")),
                    reasons=[Reason(**r) for r in data.get("reasons", [])],
                    notes=list(data.get("notes", [])))
 
@@ -88,16 +96,24 @@ def row_checks(checks: Sequence[Check]) -> list[RowCheck]:
                                 f"check failed: {check.field} is null", hold))
         if check.between is not None:
             low, high = check.between
+            number = f"try_cast({col} as double)"
             out.append(RowCheck(
                 check.field, "between",
-                f"{col} is not null and (cast({col} as double) < {float(low)!r} "
-                f"or cast({col} as double) > {float(high)!r})",
+                f"{col} is not null and ({number} is null or {number} < {float(low)!r} "
+                f"or {number} > {float(high)!r})",
                 f"check failed: {check.field} is not between {_num(low)} and {_num(high)}", hold))
         if check.accepted_values is not None:
-            values = ", ".join(_literal(v) for v in check.accepted_values)
+            accepted = check.accepted_values
+            if accepted and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                for v in accepted):
+                # Numbers compare as numbers: 1 accepts 1.0 from a DOUBLE column.
+                values = ", ".join(repr(float(v)) for v in accepted)
+                failing = f"{col} is not null and try_cast({col} as double) not in ({values})"
+            else:
+                values = ", ".join(_literal(v) for v in accepted)
+                failing = f"{col} is not null and cast({col} as varchar) not in ({values})"
             out.append(RowCheck(
-                check.field, "accepted_values",
-                f"{col} is not null and cast({col} as varchar) not in ({values})",
+                check.field, "accepted_values", failing,
                 f"check failed: {check.field} is not one of the accepted values", hold))
         if check.matches is not None:
             out.append(RowCheck(
@@ -173,6 +189,10 @@ class _Judge:
             self.notes.append("safe defaults are off for this sync")
             return
         c = self.counts
+        # In delete mode the model is a queue of deletions and state the keys already
+        # deleted: an empty queue is normal, and there are no known records to protect.
+        if self.plan.mode == "delete":
+            return
         if self.known and c.added + c.changed + c.unchanged + c.invalid == 0:
             self.reasons.append(Reason(
                 "safe_defaults.zero_rows",
@@ -197,6 +217,11 @@ class _Judge:
             ("max_removed_pct", self._removing(), r.max_removed_pct, "removed"),
         ):
             if limit is None:
+                continue
+            if verb not in self._sent():
+                why = ("state holds the keys already deleted, not records to protect"
+                       if self.plan.mode == "delete" else f"the mode sends no {verb} rows")
+                self.notes.append(f"{name}: not judged in {self.plan.mode} mode, {why}")
                 continue
             if not self.known:
                 self.notes.append(f"{name}: not judged, state knows no rows yet")
@@ -226,7 +251,7 @@ class _Judge:
             self.notes.append(f"max_deviation: not judged, {len(past)} earlier run(s) "
                               "(it needs 3)")
             return
-        for verb in ("added", "changed", "removed"):
+        for verb in self._sent():
             count = getattr(self.counts, verb)
             median = statistics.median(getattr(p, verb) for p in past)
             if count > rule.min_rows and count > rule.factor * median:
@@ -243,7 +268,7 @@ class _Judge:
 
     def transitions(self) -> None:
         checks = [c for c in self.rules.checks if c.transition_rules]
-        if not checks or not self.counts.changed:
+        if not checks or not self.counts.changed or "changed" not in self._sent():
             return
         self._load_old()
         for check in checks:
@@ -264,20 +289,18 @@ class _Judge:
 
     # Helpers
 
+    def _sent(self) -> list[str]:
+        """The categories this mode sends, so rules never judge rows that stay put."""
+        return [c for c in ("added", "changed", "removed") if c in SENDS[self.plan.mode]]
+
     def _removing(self) -> int:
-        if self.plan.mode == "mirror":
-            return self.counts.removed
-        if self.plan.mode == "delete":
-            return self.plan.to_send.get("delete", 0)
-        return 0
+        return self.counts.removed if self.plan.mode == "mirror" else 0
 
     def _load_old(self) -> None:
         self.plan.load_old(self.old_records)
 
     def _samples(self, verb: str) -> list[dict[str, Any]]:
-        cat = {"added": "added", "changed": "changed", "removed": "removed"}[verb]
-        if self.plan.mode == "delete" and verb == "removed":
-            cat = "added"
+        cat = verb
         if cat in ("changed", "removed"):
             self._load_old()
             old = "o.record"
@@ -295,10 +318,11 @@ class _Judge:
     def _check_samples(self, check: RowCheck) -> list[dict[str, Any]]:
         self._load_old()
         col = _q(check.field)
+        cats = ", ".join(f"'{c}'" for c in self._sent() if c != "removed")
         rows = self.plan.con.execute(
             f"select d.__key, json_extract(o.record, {_path(check.field)}), to_json(m.{col}) "
             f"from diff d join m on m.rowid = d.__rid left join old o on o.key = d.__key "
-            f"where d.__cat in ('added', 'changed') and ({check.failing}) "
+            f"where d.__cat in ({cats}) and ({check.failing}) "
             f"order by d.__key limit {SAMPLES}"
         ).fetchall()
         return [{"key": json.loads(k), "old": _json(o), "new": _json(n)} for k, o, n in rows]

@@ -456,6 +456,16 @@ class Planner:
             )
         rules = row_checks(checks)
         for rule in rules:
+            try:
+                con.execute(f"select count(*) from m where {rule.failing}").fetchall()
+            except duckdb.Error as exc:  # e.g. a pattern RE2 does not take (lookarounds)
+                raise MappingProblem(
+                    "guardrails",
+                    f"the `{rule.rule}` check on {rule.field} cannot be evaluated: "
+                    f"{str(exc).splitlines()[0]}",
+                    "`matches` takes RE2 syntax (no lookarounds or backreferences)"
+                    if rule.rule == "matches" else "check the rule's value",
+                ) from exc
             if not rule.hold:
                 con.execute(
                     f"update m set __invalid = $why where __invalid is null and ({rule.failing})",
@@ -467,10 +477,12 @@ class Planner:
         self, con: duckdb.DuckDBPyConnection, rules: list[RowCheck]
     ) -> list[tuple[RowCheck, int]]:
         out = []
+        # Only rows the mode sends: a changed row in insert mode stays put.
+        cats = ", ".join(f"'{c}'" for c in SENDS[self.sync.mode] if c != "removed")
         for rule in rules:
             failing = con.execute(
                 "select count(*) from diff d join m on m.rowid = d.__rid "
-                f"where d.__cat in ('added', 'changed') and ({rule.failing})"
+                f"where d.__cat in ({cats}) and ({rule.failing})"
             ).fetchall()[0][0]
             if failing:
                 out.append((rule, int(failing)))

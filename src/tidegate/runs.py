@@ -170,7 +170,7 @@ def record_plan(
     store: Store, run_id: int, counts: PlanCounts, to_send: int,
     invalid: list[tuple[str, str, str]], sync: str, *,
     verdict: dict[str, Any] | None = None, digest: str | None = None,
-    samples: dict[str, Any] | None = None, forced: bool = False,
+    samples: dict[str, Any] | None = None, forced: bool = False, approved: bool = False,
 ) -> None:
     """Keep what the run planned, how it was judged, and its invalid rows.
 
@@ -188,6 +188,9 @@ def record_plan(
         )
         tx.execute("delete from tidegate_row_errors where run_id = ? and kind = 'invalid'",
                    (run_id,))
+        if approved:
+            tx.execute("update tidegate_runs set approved_at = ? where id = ?",
+                       (stamp(), run_id))
         tx.executemany(
             "insert into tidegate_row_errors (run_id, sync, key, kind, error, attempt, record) "
             "values (?, ?, ?, 'invalid', ?, 1, ?)",
@@ -209,17 +212,20 @@ def resume_held(store: Store, run_id: int) -> RunRecord:
             raise ConfigError(Problem(
                 f"run {run_id} is {m['status']}, not held; only a held run can be approved",
                 fix=f"run the sync again: `tidegate run {sync}`"))
-        latest = tx.scalar("select max(id) from tidegate_runs where sync = ?", (sync,))
-        if int(latest) != run_id:
+        # A later run that failed before planning (a config error, a source down)
+        # changed nothing; one that planned did, and the held plan is out of date.
+        later = tx.scalar(
+            "select max(id) from tidegate_runs where sync = ? and id > ? "
+            "and status in ('succeeded', 'partial', 'held', 'running')", (sync, run_id))
+        if later is not None:
             raise ConfigError(Problem(
-                f"run {run_id} is not the latest run of sync '{sync}' (run {latest} is), so "
+                f"run {run_id} is not the latest run of sync '{sync}' (run {later} is), so "
                 "what it would send is out of date",
-                fix=f"approve run {latest} if it is held, or run the sync again"))
-        at = stamp()
+                fix=f"approve run {later} if it is held, or run the sync again"))
         tx.execute(
             "update tidegate_runs set status = 'running', error = null, finished_at = null, "
-            "pid = ?, host = ?, heartbeat_at = ?, approved_at = ? where id = ?",
-            (os.getpid(), HOST, at, at, run_id),
+            "pid = ?, host = ?, heartbeat_at = ? where id = ?",
+            (os.getpid(), HOST, stamp(), run_id),
         )
     return get_run(store, run_id)
 

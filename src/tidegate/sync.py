@@ -88,7 +88,7 @@ def run_sync(
     """
     sync = project.sync(name)
     store = project.store
-    held_digest: str | None = None
+    held: runs.RunRecord | None = None
     if approve is None:
         run_id = runs.start_run(
             store, sync=name, mode=sync.mode, destination=sync.destination,
@@ -96,7 +96,7 @@ def run_sync(
         )
     else:
         held = runs.resume_held(store, approve)
-        run_id, held_digest, full = held.id, held.plan_digest, held.full
+        run_id, full = held.id, held.full
     log.info("run %s of sync %s started", run_id, name)
     timings: dict[str, float] = {}
     status, error = "failed", None
@@ -109,12 +109,12 @@ def run_sync(
         plan, source, known = _make_plan(project, name, sync, full, reporter, timings)
         progress = Progress(known.version)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
-        verdict = _judge(project, name, sync, plan, known, run_id, force=force,
-                         held_digest=held_digest)
+        verdict = _judge(project, name, sync, plan, known, run_id, force=force, held=held)
         runs.record_plan(
             store, run_id, plan.counts, plan.total_to_send, invalid, name,
             verdict=verdict.as_dict(), digest=plan.digest(),
-            samples=plan.samples() if verdict.held else None, forced=force,
+            samples=plan.samples() if verdict.held else (held.plan_samples if held else None),
+            forced=force, approved=verdict.approved,
         )
         log.info("planned %s: %s, sending %s", name, plan.counts.as_dict(), plan.total_to_send)
         if verdict.held:
@@ -172,22 +172,27 @@ def _judge(
     run_id: int,
     *,
     force: bool,
-    held_digest: str | None,
+    held: runs.RunRecord | None,
 ) -> Verdict:
     if force:
         return Verdict(held=False, forced=True,
                        notes=["forced: the guardrails were not judged (run --force)"])
-    if held_digest is not None and plan.digest() == held_digest:
-        return Verdict(held=False, notes=[
-            f"approved: run {run_id} sends exactly the plan that was held"])
+    if held is not None and plan.digest() == held.plan_digest:
+        # What it was held for stays on the record, with who let it through and when.
+        before = Verdict.from_dict(held.verdict or {})
+        return Verdict(held=False, approved=True, reasons=before.reasons, notes=[
+            f"approved: run {run_id} sends exactly the plan that was held "
+            f"({held.finished_at.isoformat() if held.finished_at else 'earlier'})",
+            *before.notes])
     verdict = guard.judge(
         plan, sync.guardrails, known=known.table.num_rows,
         history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id),
         old_records=lambda keys: state.records_of(project.store, name, keys),
     )
-    if held_digest is not None:
+    if held is not None:
         verdict.notes.insert(0, "the model or state changed since this run was held: it was "
                                 "planned and judged again")
+        verdict.approved = not verdict.held
     return verdict
 
 
