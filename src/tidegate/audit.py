@@ -99,3 +99,21 @@ def changes(
 
 def _value(text: str | None) -> Any:
     return json.loads(text) if text is not None else None
+
+
+def records(store: Store, run_id: int) -> pa.Table:
+    """What run ``run_id`` delivered, one row per record: key, op, old and new record."""
+    with store.transaction() as tx:
+        rows = tx.execute(
+            "select changes, records from tidegate_changes where run_id = ? order by id",
+            (run_id,),
+        )
+    parts = []
+    for blob, recs in rows:
+        table = segments.decode(blob)
+        new = pc.if_else(pc.equal(table["op"], pa.scalar("deleted")),
+                         pa.nulls(table.num_rows, pa.string()), segments.decode(recs)["record"])
+        parts.append(table.append_column("new", new))
+    if not parts:
+        return pa.table({name: pa.array([], pa.string()) for name in ("key", "op", "old", "new")})
+    return pa.concat_tables(parts)

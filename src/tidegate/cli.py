@@ -248,6 +248,36 @@ def approve(
     _guard(as_json, go)
 
 
+@app.command()
+def revert(
+    run_id: Annotated[int, typer.Argument(help="The run to undo (see `tidegate runs`).",
+                                          metavar="RUN")],
+    project: ProjectOpt = Path("."),
+    force: Annotated[bool, typer.Option(
+        "--force", help="Skip the guardrails (the run records that it was forced).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put back what a run changed; keys changed again since are left alone and reported."""
+    proj = _load(project, as_json)
+
+    def go() -> int:
+        with proj:
+            reporter: Reporter = (
+                RichReporter(f"revert {run_id}") if sys.stderr.isatty() and not as_json
+                else NullReporter()
+            )
+            result = proj.revert(run_id, force=force, reporter=reporter)
+        if as_json:
+            _emit_json(result)
+        else:
+            _print_summaries([result])
+            if result["status"] != "held":  # a held run's verdict is printed with it
+                _print_verdict(result.get("verdict"))
+        return _exit_code([result["status"]])
+
+    _guard(as_json, go)
+
+
 @app.command("runs")
 def runs_cmd(
     sync: Annotated[str | None, typer.Argument(help="Only this sync.")] = None,

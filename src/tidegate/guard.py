@@ -160,11 +160,15 @@ def judge(
     known: int,
     history: Sequence[PlanCounts],
     old_records: Callable[[pa.Array], pa.Table],
+    model_rows: bool = True,
 ) -> Verdict:
     """Hold or pass ``plan``; ``known`` is how many keys state holds, ``history`` the
     planned counts of the sync's recent successful runs, newest first, and
-    ``old_records`` reads the records last delivered for some keys (key, record)."""
+    ``old_records`` reads the records last delivered for some keys (key, record).
+    Without ``model_rows`` the plan's rows are not the sync's model (a revert), so
+    the rules about how many rows the model returns are not judged."""
     judge_ = _Judge(plan, rules, known, list(history), old_records)
+    judge_.model_rows = model_rows
     judge_.safe_defaults()
     judge_.run_limits()
     judge_.deviation()
@@ -181,6 +185,7 @@ class _Judge:
         self.counts = plan.counts
         self.reasons: list[Reason] = []
         self.notes: list[str] = []
+        self.model_rows = True
 
     # Rules
 
@@ -193,7 +198,7 @@ class _Judge:
         # deleted: an empty queue is normal, and there are no known records to protect.
         if self.plan.mode == "delete":
             return
-        if self.known and c.added + c.changed + c.unchanged + c.invalid == 0:
+        if self.model_rows and self.known and c.added + c.changed + c.unchanged + c.invalid == 0:
             self.reasons.append(Reason(
                 "safe_defaults.zero_rows",
                 f"the model returned no rows while state knows {self.known:,}",
@@ -233,6 +238,8 @@ class _Judge:
                     f"({count:,} rows; limit {_num(limit)} %)", rows=count,
                     samples=self._samples(verb)))
         valid = c.added + c.changed + c.unchanged
+        if not self.model_rows:
+            return
         if r.min_rows is not None and valid < r.min_rows:
             self.reasons.append(Reason(
                 "min_rows", f"the model has {valid:,} valid rows (at least {r.min_rows:,})",

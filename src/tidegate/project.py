@@ -150,6 +150,25 @@ class Project:
             ) from None
         self.sync(record.sync)
         return run_sync(self, record.sync, full=record.full, approve=run_id,
+                        revert_of=record.revert_of, reporter=reporter or NullReporter())
+
+    def revert(self, run_id: int, *, force: bool = False,
+               reporter: Reporter | None = None) -> dict[str, Any]:
+        """Put back what run ``run_id`` changed, as a new run; return its summary.
+
+        Keys changed again since are conflicts: reported and left alone. The revert
+        is judged by the guardrails like any run (``force`` skips them).
+        """
+        from tidegate.sync import run_sync
+
+        try:
+            record = runs.get_run(self.store, run_id)
+        except KeyError:
+            raise ConfigError(
+                Problem(f"there is no run {run_id}", fix="list runs with `tidegate runs`")
+            ) from None
+        self.sync(record.sync)
+        return run_sync(self, record.sync, full=False, force=force, revert_of=run_id,
                         reporter=reporter or NullReporter())
 
     def runs(self, sync: str | None = None, limit: int = 20) -> list[runs.RunRecord]:
@@ -179,6 +198,7 @@ class Project:
             batches=record.batches,
             timings=record.timings,
             forced=record.forced,
+            revert_of=record.revert_of,
             approved_at=record.approved_at.isoformat() if record.approved_at else None,
             samples=record.plan_samples,
             rows=runs.row_errors(self.store, run_id),

@@ -50,6 +50,7 @@ class RunRecord:
     plan_digest: str | None = None
     forced: bool = False
     approved_at: datetime | None = None
+    revert_of: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -119,6 +120,7 @@ def _record(m: dict[str, Any]) -> RunRecord:
         plan_digest=m.get("plan_digest"),
         forced=bool(m.get("forced")),
         approved_at=_time(m.get("approved_at")),
+        revert_of=int(m["revert_of"]) if m.get("revert_of") is not None else None,
     )
 
 
@@ -136,7 +138,8 @@ def _alive(pid: int | None, host: str | None, heartbeat: str | None) -> bool:
 
 
 def start_run(
-    store: Store, *, sync: str, mode: str, destination: str, object: str, full: bool
+    store: Store, *, sync: str, mode: str, destination: str, object: str, full: bool,
+    revert_of: int | None = None,
 ) -> int:
     """Open a run for ``sync``; refuse if another live run of it is in progress."""
     with store.transaction() as tx:
@@ -161,8 +164,9 @@ def start_run(
         at = stamp()
         return tx.insert_id(
             "insert into tidegate_runs (sync, status, mode, destination, object, full_sync, "
-            "started_at, heartbeat_at, pid, host) values (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sync, mode, destination, object, full, at, at, os.getpid(), HOST),
+            "started_at, heartbeat_at, pid, host, revert_of) "
+            "values (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sync, mode, destination, object, full, at, at, os.getpid(), HOST, revert_of),
         )
 
 
@@ -230,13 +234,27 @@ def resume_held(store: Store, run_id: int) -> RunRecord:
     return get_run(store, run_id)
 
 
+def record_conflicts(store: Store, run_id: int, sync: str,
+                     conflicts: list[tuple[str, str]]) -> None:
+    """Keys a revert left alone because they changed again since, each with why."""
+    with store.transaction() as tx:
+        tx.execute("delete from tidegate_row_errors where run_id = ? and kind = 'conflict'",
+                   (run_id,))
+        tx.executemany(
+            "insert into tidegate_row_errors (run_id, sync, key, kind, error, attempt, record) "
+            "values (?, ?, ?, 'conflict', ?, 1, null)",
+            [(run_id, sync, key, why) for key, why in conflicts],
+        )
+
+
 def recent_counts(store: Store, sync: str, limit: int, *, before: int) -> list[PlanCounts]:
     """Planned counts of the sync's last successful runs before run ``before``, newest first."""
     with store.transaction() as tx:
         rows = tx.execute(
             "select planned_added, planned_changed, planned_removed, planned_unchanged, "
             "planned_invalid from tidegate_runs where sync = ? and id < ? "
-            "and status in ('succeeded', 'partial') order by id desc limit ?",
+            "and status in ('succeeded', 'partial') and revert_of is null "
+            "order by id desc limit ?",
             (sync, before, limit),
         )
     return [PlanCounts(*(int(v) for v in r)) for r in rows]

@@ -22,9 +22,11 @@ from tidegate.deliver import Deliverer
 from tidegate.destinations.base import BatchResult, Destination
 from tidegate.errors import ConfigError, FatalError, Problem, TidegateError
 from tidegate.guard import Verdict
-from tidegate.plan import MappingProblem, Outgoing, Plan, Planner
+from tidegate.plan import AttachedModel, MappingProblem, Outgoing, Plan, Planner
 from tidegate.progress import NullReporter, Reporter
 from tidegate.redact import redact
+from tidegate.revert import Revert
+from tidegate.revert import prepare as prepare_revert
 from tidegate.sources import ModelQueryError, Source
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ def run_sync(
     reporter: Reporter,
     force: bool = False,
     approve: int | None = None,
+    revert_of: int | None = None,
 ) -> dict[str, Any]:
     """Run ``name`` once; return its summary. Config problems found on the way raise.
 
@@ -85,14 +88,19 @@ def run_sync(
     ``force`` skips the judging (and is recorded). ``approve`` takes held run
     ``approve`` up again: it is planned again and delivered if the plan is the one
     that was held, or judged afresh if the model or state changed since.
+    ``revert_of`` plans, instead of the model, putting back what that run changed.
     """
     sync = project.sync(name)
     store = project.store
     held: runs.RunRecord | None = None
+    undo: Revert | None = None
+    if revert_of is not None:
+        undo = prepare_revert(store, name, sync, runs.get_run(store, revert_of),
+                              project.settings.audit.mask)
     if approve is None:
         run_id = runs.start_run(
             store, sync=name, mode=sync.mode, destination=sync.destination,
-            object=sync.object, full=full,
+            object=sync.object, full=full, revert_of=revert_of,
         )
     else:
         held = runs.resume_held(store, approve)
@@ -106,10 +114,15 @@ def run_sync(
     destination: Destination | None = None
     progress: Progress | None = None
     try:
-        plan, source, known = _make_plan(project, name, sync, full, reporter, timings)
-        progress = Progress(known.version)
+        plan, source, known = _make_plan(project, name, sync, full, reporter, timings, undo)
+        # A revert plans against part of state: its plan cannot be kept as a snapshot.
+        progress = Progress(known.version, whole=undo is None)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
-        verdict = _judge(project, name, sync, plan, known, run_id, force=force, held=held)
+        verdict = _judge(project, name, sync, plan, known, run_id, force=force, held=held,
+                         synthetic=undo is not None)
+        if undo is not None:
+            verdict.notes[:0] = [f"reverts run {undo.of}", *undo.notes]
+            runs.record_conflicts(store, run_id, name, undo.conflicts)
         runs.record_plan(
             store, run_id, plan.counts, plan.total_to_send, invalid, name,
             verdict=verdict.as_dict(), digest=plan.digest(),
@@ -144,7 +157,7 @@ def run_sync(
         log.debug("%s", redact(traceback.format_exc()))
     finally:
         reporter.finish()
-        if plan is not None and progress is not None and progress.exact:
+        if plan is not None and progress is not None and progress.exact and progress.whole:
             after = _save_snapshot(project, name, plan, progress)
             if after is not None and progress.kept:
                 _compact_if_due(project, name, after)
@@ -173,6 +186,7 @@ def _judge(
     *,
     force: bool,
     held: runs.RunRecord | None,
+    synthetic: bool = False,
 ) -> Verdict:
     if force:
         return Verdict(held=False, forced=True,
@@ -188,6 +202,7 @@ def _judge(
         plan, sync.guardrails, known=known.table.num_rows,
         history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id),
         old_records=lambda keys: state.records_of(project.store, name, keys),
+        model_rows=not synthetic,
     )
     if held is not None:
         verdict.notes.insert(0, "the model or state changed since this run was held: it was "
@@ -209,6 +224,7 @@ class Progress:
     kept: list[pa.Table] = field(default_factory=list)
     dropped: list[pa.Array] = field(default_factory=list)
     exact: bool = True  # False once a commit may or may not have happened
+    whole: bool = True  # False when the plan saw only part of state (a revert)
 
 
 def _save_snapshot(
@@ -244,19 +260,26 @@ def _make_plan(
     full: bool,
     reporter: Reporter,
     timings: dict[str, float],
+    undo: Revert | None = None,
 ) -> tuple[Plan, Source, state.Known]:
     started = time.perf_counter()
     reporter.phase("planning")
     source = project.source(sync.source)
     try:
-        log.info("extracting %s from source %s", name, sync.source)
-        model = source.in_place(sync.sql) or source.read(sync.sql)
         known = state.read_hashes(project.store, name, project.snapshot_dir)
+        against = known.table
+        model: pa.RecordBatchReader | AttachedModel
+        if undo is None:
+            log.info("extracting %s from source %s", name, sync.source)
+            model = source.in_place(sync.sql) or source.read(sync.sql)
+        else:  # the model's types, from a query that reads no rows
+            schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
+            model, against = undo.model(sync, schema), undo.state
         planner = Planner(
             name, sync, workdir=project.root / ".tidegate" / "work",
             memory_limit=project.memory_limit,
         )
-        plan = planner.plan(model, known.table, full=full)
+        plan = planner.plan(model, against, full=full)
     except ModelQueryError as exc:
         source.close()
         raise ConfigError(Problem(f"the model query failed: {exc}", key="query",
