@@ -57,13 +57,27 @@ def changes(
     store: Store, run_id: int, *, limit: int | None = None, offset: int = 0
 ) -> list[dict[str, Any]]:
     """The changes run ``run_id`` delivered, one per key and field, in key order."""
+    table = change_table(store, run_id, limit=limit, offset=offset)
+    return [
+        {"key": json.loads(k), "field": f, "old": _value(o), "new": _value(n), "op": op,
+         "at": at}
+        for k, f, o, n, op, at in zip(*(c.to_pylist() for c in table.columns), strict=True)
+    ]
+
+
+def change_table(
+    store: Store, run_id: int, *, limit: int | None = None, offset: int = 0
+) -> pa.Table:
+    """The changes of run ``run_id`` as Arrow: key, field, old, new (JSON text), op, at.
+
+    One row per key and field whose value differs, in key order; a record that
+    carried no fields (a delete of a key never written) has one row with no field.
+    """
     with store.transaction() as tx:
         rows = tx.execute(
             "select created_at, changes, records from tidegate_changes where run_id = ? "
             "order by id", (run_id,),
         )
-    if not rows:
-        return []
     parts = []
     for at, blob, records in rows:
         table = segments.decode(blob)
@@ -72,29 +86,28 @@ def changes(
                          segments.decode(records)["record"])
         parts.append(table.append_column("new", new).append_column(
             "stamp", pa.repeat(pa.scalar(at, pa.string()), table.num_rows)))
+    source = (pa.concat_tables(parts) if parts else pa.table(
+        {n: pa.array([], pa.string()) for n in ("key", "op", "old", "new", "stamp")}))
     con = duckdb.connect()
     try:
-        con.register("c", pa.concat_tables(parts))
-        found = con.execute(
+        con.register("c", source)
+        return con.sql(
             """
             with fields as (
                 select key, op, stamp, old, new, unnest(coalesce(nullif(list_distinct(
                     list_concat(coalesce(json_keys(old), []), coalesce(json_keys(new), []))),
                     []), [null])) as field
                 from c)
-            select key, field, old -> field, new -> field, op, stamp from fields
+            select key, field, (old -> field)::varchar as old, (new -> field)::varchar as new,
+                   op, stamp as at
+            from fields
             where field is null or (old -> field) is distinct from (new -> field)
             order by key, field limit ? offset ?
             """,
-            [limit if limit is not None else 2**62, offset],
-        ).fetchall()
+            params=[limit if limit is not None else 2**62, offset],
+        ).to_arrow_table()
     finally:
         con.close()
-    return [
-        {"key": json.loads(k), "field": f, "old": _value(o), "new": _value(n), "op": op,
-         "at": at}
-        for k, f, o, n, op, at in found
-    ]
 
 
 def _value(text: str | None) -> Any:
