@@ -2,7 +2,9 @@
 
 A DuckDB warehouse of accounts with a propensity score, a local webhook
 receiver that checks every signature, a first sync of everything, 1 % of the
-scores changed, a second sync that sends exactly that 1 %, and the history.
+scores changed, a second sync that sends exactly that 1 %, then an upstream bug
+that zeroes 40 % of the scores — held by a guardrail, nothing sent — and the
+history.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import duckdb
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tidegate.project import Project
@@ -44,6 +47,10 @@ syncs:
     mode: upsert
     fields: {name: Name, industry: Industry, aps: APS__c}
     batch_size: 1000
+    guardrails:
+      max_changed_pct: 20          # more than 20 % of known accounts changing is a bug
+      checks:
+        - {field: APS__c, not_null: true, between: [0, 100]}
 """
 
 
@@ -68,6 +75,16 @@ def change_one_percent(path: Path) -> int:
         row = con.execute(
             "update analytics.account_scores set aps = (aps + 7) % 101 "
             "where cast(substr(account_id, 5) as integer) % 100 = 0"
+        ).fetchall()
+    return int(row[0][0]) if row else 0
+
+
+def zero_forty_percent(path: Path) -> int:
+    """The upstream bug: two accounts in five get a score of 0."""
+    with duckdb.connect(str(path)) as con:
+        row = con.execute(
+            "update analytics.account_scores set aps = 0 "
+            "where cast(substr(account_id, 5) as integer) % 5 < 2 and aps <> 0"
         ).fetchall()
     return int(row[0][0]) if row else 0
 
@@ -98,19 +115,30 @@ def run_demo(directory: Path | None, rows: int, out: Console, *, as_json: bool =
             summaries.append(project.run(SYNC))
             _print_run(say, summaries[-1])
             requests = receiver.request_count - before
+            say(f"3. the receiver holds {len(receiver.records('Account')):,} accounts; the "
+                f"second run sent {changed:,} records in {requests} request(s)")
+            zeroed = zero_forty_percent(root / "warehouse.duckdb")
+            before = receiver.request_count
+            say(f"4. an upstream bug sets {zeroed:,} scores to 0; syncing again")
+            summaries.append(project.run(SYNC))
+            _print_run(say, summaries[-1])
+            _print_hold(say, summaries[-1])
+            untouched = receiver.request_count == before
             history = [r.summary() for r in project.runs(SYNC)]
         held = len(receiver.records("Account"))
     ok = (
-        all(s["status"] == "succeeded" for s in summaries)
+        [s["status"] for s in summaries] == ["succeeded", "succeeded", "held"]
         and summaries[1]["delivered"]["updated"] == changed
-        and held == rows
+        and held == rows and untouched
     )
     if as_json:
         print(json.dumps({"project": str(root), "runs": summaries, "changed": changed,
-                          "receiver_records": held, "second_run_requests": requests, "ok": ok}))
+                          "zeroed": zeroed, "receiver_records": held,
+                          "second_run_requests": requests, "held_run_sent_nothing": untouched,
+                          "ok": ok}))
         return 0 if ok else 1
-    say(f"3. the receiver holds {held:,} accounts; the second run sent {changed:,} "
-        f"records in {requests} request(s)")
+    say(f"   nothing was sent: the CRM never saw the zeros. `tidegate approve "
+        f"{summaries[-1]['run_id']} --project {root}` would send them anyway.")
     table = Table("run", "status", "added", "changed", "unchanged", "sent", "seconds",
                   title="history (tidegate runs)")
     for r in history:
@@ -128,6 +156,15 @@ def _print_run(say: Callable[..., None], s: dict[str, Any]) -> None:
     say(f"   run {s['run_id']} {s['status']}: planned added {p['added']:,}, changed "
         f"{p['changed']:,}, unchanged {p['unchanged']:,} → created {d['created']:,}, "
         f"updated {d['updated']:,}, rejected {s['rejected']} in {s['duration_s']:.2f}s")
+
+
+def _print_hold(say: Callable[..., None], s: dict[str, Any]) -> None:
+    for reason in (s.get("verdict") or {}).get("reasons", []):
+        say(f"   [magenta]held:[/magenta] {escape(reason['message'])} "
+            f"{escape('[' + reason['rule'] + ']')}")
+        for sample in reason["samples"][:3]:
+            say(f"     key {escape(json.dumps(sample['key']))}: "
+                f"{escape(json.dumps(sample['old']))} → {escape(json.dumps(sample['new']))}")
 
 
 def _remove(path: Path) -> None:

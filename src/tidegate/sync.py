@@ -132,7 +132,7 @@ def run_sync(
         log.info("planned %s: %s, sending %s", name, plan.counts.as_dict(), plan.total_to_send)
         if verdict.held:
             status, error = "held", verdict.summary()
-            log.warning("run %s of sync %s is %s", run_id, name, error)
+            log.info("run %s of sync %s is %s", run_id, name, error)
         else:
             # The audit log records each change's old value: read it for the keys
             # that have one, before anything is sent.
