@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -12,6 +13,15 @@ from tidegate import segments
 from tidegate.sandbox.webhook import WebhookReceiver
 
 PG_PASSWORD = "s3cret-pg-Passw0rd"
+SLACK_TOKEN = "xoxSlackT0kenForAlerts"
+SMTP_PASSWORD = "smtp-S3cret-Pw"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def everything_written(root: Path) -> str:
@@ -45,8 +55,15 @@ def test_secrets_never_leak(project_dir: Path, receiver: WebhookReceiver, pg_url
             "db": {"type": "postgres", "url": "${PG_URL}"},
         },
         {"accounts": sync(), "to_db": sync("db", object="public.accounts")},
+        # Alert channels that cannot be reached: their failures are logged.
+        alerts=[{"type": "slack", "webhook_url": "${SLACK_URL}"},
+                {"type": "email", "host": "127.0.0.1", "port": closed_port(),
+                 "starttls": False, "username": "alerts", "password": "${SMTP_PASSWORD}",
+                 "from": "tidegate@example.com", "to": ["ops@example.com"], "timeout_s": 2}],
     )
-    env = {"HOOK_SECRET": SECRET, "PG_URL": wrong_password_url, "TIDEGATE_LOG": "debug"}
+    env = {"HOOK_SECRET": SECRET, "PG_URL": wrong_password_url, "TIDEGATE_LOG": "debug",
+           "SLACK_URL": f"http://127.0.0.1:{closed_port()}/services/T1/B2/{SLACK_TOKEN}",
+           "SMTP_PASSWORD": SMTP_PASSWORD}
     receiver.reject_keys([1], f"echoing your secret back: {SECRET}")
     outputs = []
     for args in (["run", "accounts"], ["run", "to_db"], ["runs"], ["show", "1"], ["show", "3"],
@@ -59,6 +76,7 @@ def test_secrets_never_leak(project_dir: Path, receiver: WebhookReceiver, pg_url
     assert runs[0]["status"] == "failed" and "***" in runs[0]["error"]  # the URL was there
     haystack = "\n".join(outputs) + everything_written(project_dir)
     key = SECRET.removeprefix("whsec_")
-    for secret in (SECRET, key, PG_PASSWORD):
+    assert "alerts[0]" in haystack and "alerts[1]" in haystack  # the failures were logged
+    for secret in (SECRET, key, PG_PASSWORD, SLACK_TOKEN, SMTP_PASSWORD):
         assert secret not in haystack, f"{secret[:6]}… leaked"
     assert "echoing your secret back: ***" in haystack
