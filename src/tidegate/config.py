@@ -219,8 +219,10 @@ class ProjectSettings(Strict):
     destinations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     syncs: dict[str, Any] = Field(default_factory=dict)
     audit: AuditConfig = Field(default_factory=AuditConfig)
-    # Validated by ``tidegate.alerts``' models (see ``_validate_alerts``).
+    # Validated by ``tidegate.alerts``' and ``tidegate.writeback``'s models, which build
+    # on this module (see ``_validate_alerts``, ``_validate_writeback``).
     alerts: list[dict[str, Any]] = Field(default_factory=list)
+    writeback: dict[str, Any] | None = None
 
 
 @dataclass
@@ -243,6 +245,7 @@ class ProjectConfig:
     destination_origin: dict[str, Located]
     env_vars: set[str] = field(default_factory=set)
     alerts: list[Any] = field(default_factory=list)  # tidegate.alerts.AlertConfig
+    writeback: Any = None  # tidegate.writeback.WritebackConfig
 
     def sync(self, name: str) -> SyncConfig:
         if name not in self.syncs:
@@ -324,7 +327,8 @@ def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[s
         if inner:
             current = inner[0]
     fields = getattr(current, "model_fields", None)
-    return sorted(fields) if fields else []
+    # Users write a field's YAML key, which is its alias when it has one (`from`, `schema`).
+    return sorted(f.alias or name for name, f in fields.items()) if fields else []
 
 
 ALERT_TYPES = ("webhook", "slack", "email")
@@ -386,8 +390,10 @@ def load_project_config(
         for name, body in (data.get("destinations") or {}).items()
     }
     alerts: list[Any] = []
+    writeback: Any = None
     if settings is not None:
         alerts = _validate_alerts(settings.alerts, main, problems)
+        writeback = _validate_writeback(settings, main, problems)
         problems += _cross_check(settings, syncs, raw_syncs)
         _register_secrets(settings)
         if extra_check is not None:
@@ -402,7 +408,26 @@ def load_project_config(
         destination_origin=dest_origin,
         env_vars={v for d in docs for v in d.env_vars},
         alerts=alerts,
+        writeback=writeback,
     )
+
+
+def _validate_writeback(settings: ProjectSettings, doc: YamlDoc, problems: list[Problem]) -> Any:
+    if settings.writeback is None:
+        return None
+    from tidegate.writeback import WritebackConfig
+
+    try:
+        config = WritebackConfig.model_validate(settings.writeback)
+    except ValidationError as exc:
+        problems += problems_from(exc, doc, ("writeback",), WritebackConfig)
+        return None
+    if config.source not in settings.sources:
+        path = ("writeback", "source")
+        problems.append(unknown("source", config.source, list(settings.sources), file=doc.file,
+                                line=doc.line_of(path), key="writeback.source"))
+        return None
+    return config
 
 
 def _validate_alerts(raw: list[dict[str, Any]], doc: YamlDoc, problems: list[Problem]) -> list[Any]:

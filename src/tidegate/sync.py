@@ -171,6 +171,8 @@ def run_sync(
         from tidegate.alerts import notify  # mail and TLS modules load only when alerts exist
 
         notify(project.config.alerts, summary, project=project.name)
+    if project.config.writeback is not None:
+        _write_back(project)
     if config_error is not None:
         raise config_error
     return summary
@@ -209,6 +211,21 @@ def _judge(
                                 "planned and judged again")
         verdict.approved = not verdict.held
     return verdict
+
+
+def _write_back(project: Project) -> None:
+    """Copy finished runs and their changes into the warehouse; a failure waits for the
+    next run, which writes everything still pending."""
+    from tidegate.writeback import catch_up
+
+    config = project.config.writeback
+    try:
+        written = catch_up(config, project.settings.sources[config.source], project.root,
+                           project.store, project=project.name)
+        log.info("wrote %s run(s) back to source %s", len(written), config.source)
+    except TidegateError as exc:
+        log.warning("could not write runs back to source %s (they stay pending): %s",
+                    config.source, redact(str(exc)))
 
 
 def _history_runs(sync: SyncConfig) -> int:
