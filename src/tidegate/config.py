@@ -431,6 +431,8 @@ def _validate_writeback(settings: ProjectSettings, doc: YamlDoc, problems: list[
 
 
 def _validate_alerts(raw: list[dict[str, Any]], doc: YamlDoc, problems: list[Problem]) -> list[Any]:
+    if not raw:
+        return []  # and the mail and TLS modules stay unloaded
     # The alert models live with the code that sends alerts, which builds on this module.
     from pydantic import TypeAdapter
 

@@ -17,7 +17,9 @@ snapshot that is not exactly the truth is never used.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -208,23 +210,32 @@ def records_of(store: Store, sync: str, keys: pa.Array) -> pa.Table:
         return empty
     while True:
         version = current_version(store, sync)
-        hits: dict[int, tuple[int, pa.Table, pa.Array]] = {}
-        for seg_id, seq, _, blob in _segment_pages(store, sync, "keys"):
-            table = segments.decode(blob)
-            hit = pc.is_in(table["key"], value_set=wanted)
-            if pc.any(hit).as_py():
-                hits[seg_id] = (seq, table, hit)
+        found_in: list[tuple[int, int, pa.Table]] = [
+            (seg_id, seq, segments.decode(blob))
+            for seg_id, seq, _, blob in _segment_pages(store, sync, "keys")
+        ]
+        # One membership test over every segment's keys, then rows grouped by segment.
+        starts = list(itertools.accumulate((t.num_rows for _, _, t in found_in), initial=0))
+        every = pa.chunked_array([c for _, _, t in found_in for c in t["key"].chunks],
+                                 pa.string())
+        hits: dict[int, list[int]] = {}
+        for i in pc.indices_nonzero(pc.is_in(every, value_set=wanted)).to_pylist():
+            at = bisect.bisect_right(starts, i) - 1
+            hits.setdefault(at, []).append(i - starts[at])
         parts = []
-        for ids in _chunks(list(hits), 500):
+        ids = {found_in[at][0]: at for at in hits}
+        for chunk in _chunks(list(ids), 500):
             with store.transaction() as tx:
-                found = tx.execute(
+                rows = tx.execute(
                     "select id, records from tidegate_state_segments "
-                    f"where id in ({', '.join('?' * len(ids))})", ids)
-            for seg_id, recs in found:
-                seq, table, hit = hits[int(seg_id)]
-                table = table.append_column("record", segments.decode(recs)["record"])
-                table = table.filter(hit)
-                parts.append(table.append_column("seq", _constant(seq, table.num_rows)))
+                    f"where id in ({', '.join('?' * len(chunk))})", chunk)
+            for seg_id, recs in rows:
+                at = ids[int(seg_id)]
+                _, seq, table = found_in[at]
+                take = pa.array(hits[at], pa.int64())
+                part = table.take(take).append_column(
+                    "record", segments.decode(recs)["record"].take(take))
+                parts.append(part.append_column("seq", _constant(seq, len(take))))
         if current_version(store, sync) == version:  # else compacted or changed meanwhile
             break
     if not parts:
