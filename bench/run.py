@@ -141,7 +141,8 @@ def peer_verdicts(v: dict[str, Any]) -> list[str]:
         "the config and the model. Beyond that, sending the 200,000 records costs tidegate "
         f"{tg_send:.2f} s and drt-core {drt_send:.2f} s "
         f"({tg_send / drt_send:.2f} of drt-core's time), with tidegate also committing "
-        "every record's state, which drt-core, keeping only a cursor, does not.",
+        "every record's state and its audit log entry, which drt-core, keeping only a "
+        "cursor, does not.",
     ]
 
 
