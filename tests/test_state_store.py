@@ -200,3 +200,39 @@ def test_a_run_that_leaves_many_small_segments_compacts_them(
     for snapshot in (tmp_path / ".tidegate" / "snapshots").glob("*.arrow"):
         snapshot.unlink()
     assert run(tmp_path)["planned"]["unchanged"] == 150
+
+
+def test_a_destinations_journal_outlives_the_process(tmp_path: Path, pg_url: str) -> None:
+    from tidegate.journal import Journal
+
+    for url in ("sqlite:///state.db", pg_url):
+        store = Store(url, tmp_path)
+        journal = Journal(store, "deals")
+        journal.put("bulk:msg_1", '{"job": "750x1"}')
+        journal.put("bulk:msg_2", "second")
+        journal.put("bulk:msg_1", '{"job": "750x2"}')  # replaces
+        Journal(store, "other").put("bulk:msg_1", "not ours")
+        store.close()
+        store = Store(url, tmp_path)  # as a rerun after a crash would
+        journal = Journal(store, "deals")
+        assert journal.get("bulk:msg_1") == '{"job": "750x2"}'
+        assert journal.names("bulk:") == ["bulk:msg_1", "bulk:msg_2"]
+        journal.forget("bulk:msg_1")
+        assert journal.get("bulk:msg_1") is None and journal.names() == ["bulk:msg_2"]
+        assert Journal(store, "other").get("bulk:msg_1") == "not ours"
+        store.close()
+
+
+def test_a_destination_learns_what_the_run_sends(tmp_path: Path,
+                                                 receiver: WebhookReceiver) -> None:
+    warehouse(tmp_path / "warehouse.duckdb", 7)
+    project(tmp_path, {"hook": {"type": "webhook", "url": receiver.url,
+                                "secret": "${HOOK_SECRET}"}}, {"accounts": sync(mode="mirror")})
+    with Project.load(tmp_path, env={"HOOK_SECRET": SECRET}) as p:
+        destination = p.destination("accounts", 1, {"update": 2, "delete": 1})
+        assert dict(destination.target.to_send) == {"update": 2, "delete": 1}
+        journal = destination.target.journal
+        assert journal is not None
+        journal.put("x", "y")
+        assert p.destination("accounts").target.journal.get("x") == "y"  # type: ignore[union-attr]
+        destination.close()

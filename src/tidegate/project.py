@@ -25,7 +25,7 @@ from tidegate.config import (
     unknown,
 )
 from tidegate.deliver import RetryPolicy
-from tidegate.destinations.base import Destination, DestinationConfig, SyncTarget
+from tidegate.destinations.base import Destination, DestinationConfig, Operation, SyncTarget
 from tidegate.errors import ConfigError, Problem, TidegateError
 from tidegate.progress import NullReporter, Reporter
 from tidegate.sources import Source, open_source
@@ -87,7 +87,10 @@ class Project:
     def source(self, name: str) -> Source:
         return open_source(name, self.settings.sources[name], self.root)
 
-    def destination(self, sync_name: str, run_id: int | None = None) -> Destination:
+    def destination(self, sync_name: str, run_id: int | None = None,
+                    to_send: Mapping[Operation, int] | None = None) -> Destination:
+        from tidegate.journal import Journal
+
         sync = self.sync(sync_name)
         cls, settings = self.destination_settings(sync.destination)
         mapped = sync.field_map
@@ -99,6 +102,8 @@ class Project:
             fields=tuple(mapped.values()) if mapped else (),
             project_root=self.root,
             run_id=run_id,
+            to_send=dict(to_send or {}),
+            journal=Journal(self.store, sync_name),
         )
         return cls(sync.destination, settings, target)
 

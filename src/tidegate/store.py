@@ -170,6 +170,14 @@ V3: list[str | Callable[[Tx], None]] = [
     )""",
     "create index if not exists ix_tidegate_changes_run on tidegate_changes (run_id, id)",
     "create table if not exists tidegate_meta (name text primary key, value text not null)",
+    # A destination's notes about work in flight (see ``tidegate.journal``).
+    """create table if not exists tidegate_journal (
+        sync text not null,
+        name text not null,
+        value text not null,
+        updated_at text not null,
+        primary key (sync, name)
+    )""",
 ]
 
 MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3]

@@ -139,7 +139,7 @@ def run_sync(
             plan.load_old(lambda keys: state.records_of(store, name, keys))
             if project.settings.audit.mask:
                 plan.mask_audit(project.settings.audit.mask, audit.salt(store))
-            destination = project.destination(name, run_id)
+            destination = project.destination(name, run_id, plan.to_send)
             started = time.perf_counter()
             _deliver(project, name, sync, run_id, plan, destination, reporter, progress)
             timings["deliver_s"] = round(time.perf_counter() - started, 3)

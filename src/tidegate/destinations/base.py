@@ -16,15 +16,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from tidegate.config import MODES, Mode
+
+if TYPE_CHECKING:
+    from tidegate.journal import Journal
 
 Operation = Literal["insert", "update", "upsert", "delete"]
 _TUNABLE = ("max_records", "max_bytes", "requests_per_second", "concurrency")
@@ -68,6 +72,11 @@ class SyncTarget:
     fields: tuple[str, ...]
     project_root: Path
     run_id: int | None = None
+    # What this run sends, by operation: a destination with more than one way to
+    # write (a bulk API for large runs) chooses by it.
+    to_send: Mapping[Operation, int] = field(default_factory=dict)
+    # Durable notes about work in flight, so a rerun after a crash finds it.
+    journal: Journal | None = None
 
 
 @dataclass
