@@ -22,7 +22,6 @@ import itertools
 import json
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -337,7 +336,9 @@ class Planner:
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             workdir = Path(tempfile.mkdtemp(prefix="plan-", dir=self.workdir))
-            con = duckdb.connect(str(workdir / f"{uuid.uuid4().hex}.duckdb"))
+            # In memory, spilling to the work folder past the memory limit: a database
+            # file would only add its creation and removal to every run.
+            con = duckdb.connect()
             con.execute(f"set temp_directory = '{workdir / 'spill'}'")
         else:
             con = duckdb.connect()
