@@ -232,3 +232,43 @@ def test_sandbox_webhook_receives_a_signed_run(project_dir: Path) -> None:
         server.send_signal(signal.SIGINT)
         output = server.communicate(timeout=20)[0]
     assert "25" in output and "Traceback" not in output
+
+
+def test_sandbox_salesforce_grants_a_token_and_answers_describe() -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tidegate", "sandbox", "salesforce", "--port", str(port),
+         "--client-id", "cid", "--client-secret", "csecret"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert f"127.0.0.1:{port}" in first, first
+        token = httpx.post(f"http://127.0.0.1:{port}/services/oauth2/token",
+                           data={"grant_type": "client_credentials", "client_id": "cid",
+                                 "client_secret": "csecret"}).json()
+        described = httpx.get(
+            f"{token['instance_url']}/services/data/v62.0/sobjects/Account/describe",
+            headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert described.status_code == 200
+        assert "APS__c" in {f["name"] for f in described.json()["fields"]}
+        refused = httpx.post(f"http://127.0.0.1:{port}/services/oauth2/token",
+                             data={"grant_type": "client_credentials", "client_id": "cid",
+                                   "client_secret": "wrong"})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_client"
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=20)[0]
+    assert "Traceback" not in output

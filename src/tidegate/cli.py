@@ -397,6 +397,38 @@ def sandbox_webhook(
     _guard(False, go)
 
 
+@sandbox_app.command("salesforce")
+def sandbox_salesforce(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8791,
+    client_id: Annotated[str, typer.Option(
+        "--client-id", envvar="TIDEGATE_SF_CLIENT_ID", help="OAuth client id to accept.")]
+    = "tidegate-sandbox-client",
+    client_secret: Annotated[str, typer.Option(
+        "--client-secret", envvar="TIDEGATE_SF_CLIENT_SECRET",
+        help="OAuth client secret to accept.")] = "tidegate-sandbox-secret",
+    consumer_key: Annotated[str | None, typer.Option(
+        "--consumer-key", help="Connected app key for the JWT bearer flow.")] = None,
+    public_key_file: Annotated[Path | None, typer.Option(
+        "--public-key-file", help="PEM public key that JWT bearer assertions are signed for.")]
+    = None,
+    daily_limit: Annotated[int, typer.Option(
+        "--daily-limit", help="API calls allowed before 403 REQUEST_LIMIT_EXCEEDED.")] = 100_000,
+    hard_delete_allowed: Annotated[bool, typer.Option(
+        "--hard-delete-allowed", help="Grant the Bulk API Hard Delete permission.")] = False,
+) -> None:
+    """A local org that follows Salesforce's REST contract: OAuth, describe, Collections,
+    Bulk API 2.0, SOQL, limits and injected faults."""
+    from tidegate.sandbox.salesforce import serve
+
+    def go() -> int:
+        public_key = public_key_file.read_text() if public_key_file is not None else None
+        serve(port, client_id, client_secret, consumer_key=consumer_key, public_key=public_key,
+              daily_limit=daily_limit, hard_delete_allowed=hard_delete_allowed)
+        return EXIT_OK
+
+    _guard(False, go)
+
+
 def _exit_code(statuses: list[str]) -> int:
     codes = [STATUS_EXIT.get(s, EXIT_FAILED) for s in statuses]
     for code in (EXIT_FAILED, EXIT_HELD, EXIT_REJECTED):
