@@ -36,6 +36,7 @@ _BUILTIN = {
     "webhook": "tidegate.destinations.webhook:WebhookDestination",
     "postgres": "tidegate.destinations.postgres:PostgresDestination",
     "file": "tidegate.destinations.file:FileDestination",
+    "salesforce": "tidegate.destinations.salesforce.destination:SalesforceDestination",
 }
 
 
