@@ -54,6 +54,13 @@ class DestinationUnderTest(Protocol):
         """How many records the destination holds (duplicates counted)."""
 
 
+def sync_options(target: DestinationUnderTest) -> dict[str, Any]:
+    """Extra sync settings a destination needs (e.g. which of its fields matches ``id``):
+    a target may define ``sync_options()``; most need none."""
+    extra = getattr(target, "sync_options", None)
+    return dict(extra()) if callable(extra) else {}
+
+
 class Rejecting(DestinationUnderTest, Protocol):
     def reject(self, keys: Iterable[int], error: str) -> None:
         """Make the destination reject records with these ids until ``reject([])``."""
@@ -106,6 +113,7 @@ class KitEnv:
                     "mode": sync_mode,
                     "fields": ["name", "score", "active"],
                     "batch_size": self.batch_size,
+                    **sync_options(self.target),
                     **options,
                 }
                 for name, sync_mode in syncs.items()

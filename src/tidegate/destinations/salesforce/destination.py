@@ -11,6 +11,7 @@ the reason, and nothing is sent for it.
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -28,7 +29,7 @@ from tidegate.destinations.base import (
 from tidegate.destinations.salesforce import collections
 from tidegate.destinations.salesforce.api import AuthConfig, SalesforceApi
 from tidegate.destinations.salesforce.describe import Describe, FieldInfo, convert, fetch
-from tidegate.errors import ConfigError, DestinationError, Problem
+from tidegate.errors import ConfigError, DestinationError, Problem, RetryableError
 
 _NUMBERS = frozenset({"double", "currency", "percent"})
 _WHOLE = frozenset({"int", "long"})
@@ -78,7 +79,7 @@ class SalesforceDestination(Destination):
         fetch(self.api, self.target.object)
 
     def prepare(self, schema: pa.Schema) -> None:
-        describe = fetch(self.api, self.target.object)
+        describe = self._describe_with_retries()
         writes = [n for n in schema.names if n not in ("Id", self.key)]
         operation = {"insert": "insert", "update": "update", "delete": "update"}.get(
             self.target.mode, "upsert")
@@ -91,6 +92,20 @@ class SalesforceDestination(Destination):
                                                              "the sync's user can write")
                                for p in problems])
         self._describe = describe
+
+    def _describe_with_retries(self, attempts: int = 5) -> Describe:
+        # Runs before the first batch, outside the deliverer's retries: a blip here
+        # must not fail a run that would otherwise go through.
+        for attempt in range(1, attempts + 1):
+            try:
+                return fetch(self.api, self.target.object)
+            except RetryableError as exc:
+                if attempt == attempts:
+                    raise DestinationError(
+                        f"{self.describe()} did not answer describe after {attempt} "
+                        f"attempt(s): {exc}. Check that it is up; nothing was sent") from exc
+                time.sleep(0.1 * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
 
     def write(self, batch: Batch) -> BatchResult:
         describe = self._describe or fetch(self.api, self.target.object)
