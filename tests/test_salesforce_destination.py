@@ -60,6 +60,9 @@ def test_a_mirror_sync_creates_updates_and_deletes_accounts(project_dir: Path,
     assert second["delivered"] == {"created": 0, "updated": 2, "deleted": 1}, second
     held = accounts(org)
     assert held["acc-1"]["APS__c"] == 1.5 and "acc-9" not in held and len(held) == 29
+    with Project.load(project_dir, env=ENV) as p:
+        report = p.show(second["run_id"])["destination_report"]
+    assert report == {"api_usage": org.api_usage, "api_limit": org.daily_limit}
 
 
 def test_values_a_field_cannot_hold_reject_their_rows(project_dir: Path,

@@ -204,6 +204,7 @@ class Project:
             timings=record.timings,
             forced=record.forced,
             revert_of=record.revert_of,
+            destination_report=record.destination_report,
             approved_at=record.approved_at.isoformat() if record.approved_at else None,
             samples=record.plan_samples,
             rows=runs.row_errors(self.store, run_id),

@@ -51,6 +51,7 @@ class RunRecord:
     forced: bool = False
     approved_at: datetime | None = None
     revert_of: int | None = None
+    destination_report: dict[str, Any] | None = None
 
     @property
     def duration_s(self) -> float:
@@ -121,6 +122,8 @@ def _record(m: dict[str, Any]) -> RunRecord:
         forced=bool(m.get("forced")),
         approved_at=_time(m.get("approved_at")),
         revert_of=int(m["revert_of"]) if m.get("revert_of") is not None else None,
+        destination_report=(json.loads(m["destination_report"])
+                            if m.get("destination_report") else None),
     )
 
 
@@ -261,13 +264,15 @@ def recent_counts(store: Store, sync: str, limit: int, *, before: int) -> list[P
 
 
 def finish_run(
-    store: Store, run_id: int, status: str, error: str | None, timings: dict[str, float]
+    store: Store, run_id: int, status: str, error: str | None, timings: dict[str, float],
+    report: dict[str, Any] | None = None,
 ) -> RunRecord:
     with store.transaction() as tx:
         tx.execute(
-            "update tidegate_runs set status = ?, error = ?, finished_at = ?, timings = ? "
-            "where id = ?",
-            (status, error, stamp(), json.dumps(timings), run_id),
+            "update tidegate_runs set status = ?, error = ?, finished_at = ?, timings = ?, "
+            "destination_report = ? where id = ?",
+            (status, error, stamp(), json.dumps(timings),
+             json.dumps(report, default=str) if report else None, run_id),
         )
     return get_run(store, run_id)
 

@@ -158,6 +158,7 @@ V3: list[str | Callable[[Tx], None]] = [
     "alter table tidegate_runs add column forced {bool} not null default false",
     "alter table tidegate_runs add column approved_at text",
     "alter table tidegate_runs add column revert_of bigint",
+    "alter table tidegate_runs add column destination_report text",
     # The audit log: a commit's delivered changes as Arrow (see ``tidegate.audit``).
     """create table if not exists tidegate_changes (
         id {serial},

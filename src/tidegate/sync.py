@@ -161,10 +161,11 @@ def run_sync(
             after = _save_snapshot(project, name, plan, progress)
             if after is not None and progress.kept:
                 _compact_if_due(project, name, after)
+        report = _report(destination)
         for closeable in (plan, source, destination):
             if closeable is not None:
                 closeable.close()
-        record = runs.finish_run(store, run_id, status, error, timings)
+        record = runs.finish_run(store, run_id, status, error, timings, report)
     log.info("run %s of sync %s %s", run_id, name, status)
     summary = record.summary()
     if project.config.alerts:
@@ -211,6 +212,16 @@ def _judge(
                                 "planned and judged again")
         verdict.approved = not verdict.held
     return verdict
+
+
+def _report(destination: Destination | None) -> dict[str, Any]:
+    if destination is None:
+        return {}
+    try:
+        return destination.report()
+    except Exception as exc:  # a report is extra: it must not change how the run ended
+        log.warning("could not read %s's report: %s", destination.describe(), redact(str(exc)))
+        return {}
 
 
 def _write_back(project: Project) -> None:

@@ -169,6 +169,10 @@ class Destination(ABC):
     def write(self, batch: Batch) -> BatchResult:
         """Deliver one batch; return the rejected keys with the destination's message."""
 
+    def report(self) -> dict[str, Any]:
+        """What the run's record should keep from this destination (API usage, jobs)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - most hold nothing
         """Release connections."""
 

@@ -178,7 +178,11 @@ class SalesforceApi:
     def _note_usage(self, response: httpx.Response) -> None:
         found = _USAGE.search(response.headers.get("sforce-limit-info", ""))
         if found:
-            self.usage = (int(found.group(1)), int(found.group(2)))
+            # Concurrent calls answer out of order: the highest count is the latest.
+            seen = (int(found.group(1)), int(found.group(2)))
+            with self._lock:
+                if self.usage is None or seen[0] >= self.usage[0]:
+                    self.usage = seen
 
     def _raise_for_limits(self, response: httpx.Response) -> None:
         status = response.status_code

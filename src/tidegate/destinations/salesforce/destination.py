@@ -180,6 +180,13 @@ class SalesforceDestination(Destination):
                 out[_text(record[self.key])] = str(record["Id"])
         return out
 
+    def report(self) -> dict[str, Any]:
+        """The org's API usage as its last response said (``Sforce-Limit-Info``)."""
+        if self._api is None or self._api.usage is None:
+            return {}
+        used, limit = self._api.usage
+        return {"api_usage": used, "api_limit": limit}
+
     def close(self) -> None:
         if self._api is not None:
             self._api.close()
