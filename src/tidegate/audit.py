@@ -73,21 +73,7 @@ def change_table(
     One row per key and field whose value differs, in key order; a record that
     carried no fields (a delete of a key never written) has one row with no field.
     """
-    with store.transaction() as tx:
-        rows = tx.execute(
-            "select created_at, changes, records from tidegate_changes where run_id = ? "
-            "order by id", (run_id,),
-        )
-    parts = []
-    for at, blob, records in rows:
-        table = segments.decode(blob)
-        new = pc.if_else(pc.equal(table["op"], pa.scalar("deleted")),
-                         pa.nulls(table.num_rows, pa.string()),
-                         segments.decode(records)["record"])
-        parts.append(table.append_column("new", new).append_column(
-            "stamp", pa.repeat(pa.scalar(at, pa.string()), table.num_rows)))
-    source = (pa.concat_tables(parts) if parts else pa.table(
-        {n: pa.array([], pa.string()) for n in ("key", "op", "old", "new", "stamp")}))
+    source = _entries(store, run_id)
     con = duckdb.connect()
     try:
         con.register("c", source)
@@ -116,17 +102,24 @@ def _value(text: str | None) -> Any:
 
 def records(store: Store, run_id: int) -> pa.Table:
     """What run ``run_id`` delivered, one row per record: key, op, old and new record."""
+    return _entries(store, run_id).select(["key", "op", "old", "new"])
+
+
+def _entries(store: Store, run_id: int) -> pa.Table:
+    """The run's records as committed: key, op, old, new (null for a delete), stamp."""
     with store.transaction() as tx:
         rows = tx.execute(
-            "select changes, records from tidegate_changes where run_id = ? order by id",
-            (run_id,),
+            "select created_at, changes, records from tidegate_changes where run_id = ? "
+            "order by id", (run_id,),
         )
     parts = []
-    for blob, recs in rows:
+    for at, blob, recs in rows:
         table = segments.decode(blob)
         new = pc.if_else(pc.equal(table["op"], pa.scalar("deleted")),
                          pa.nulls(table.num_rows, pa.string()), segments.decode(recs)["record"])
-        parts.append(table.append_column("new", new))
+        parts.append(table.append_column("new", new).append_column(
+            "stamp", pa.repeat(pa.scalar(at, pa.string()), table.num_rows)))
     if not parts:
-        return pa.table({name: pa.array([], pa.string()) for name in ("key", "op", "old", "new")})
+        names = ("key", "op", "old", "new", "stamp")
+        return pa.table({n: pa.array([], pa.string()) for n in names})
     return pa.concat_tables(parts)

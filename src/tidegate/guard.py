@@ -25,12 +25,6 @@ from tidegate.config import Check, Guardrails
 if TYPE_CHECKING:
     from tidegate.plan import Plan, PlanCounts
 
-# What each mode sends, by category of key (SPEC §3); the planner's table of record.
-SENDS: dict[str, tuple[str, ...]] = {
-    "insert": ("added",), "update": ("added", "changed"), "upsert": ("added", "changed"),
-    "delete": ("added",), "mirror": ("added", "changed", "removed"),
-}
-
 SAMPLES = 5
 SAFE_REMOVED_PCT = 50.0  # a mirror run may delete at most this share of known records
 
@@ -298,6 +292,8 @@ class _Judge:
 
     def _sent(self) -> list[str]:
         """The categories this mode sends, so rules never judge rows that stay put."""
+        from tidegate.plan import SENDS  # the planner's table of record (SPEC §3)
+
         return [c for c in ("added", "changed", "removed") if c in SENDS[self.plan.mode]]
 
     def _removing(self) -> int:

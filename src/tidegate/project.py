@@ -147,12 +147,7 @@ class Project:
         """
         from tidegate.sync import run_sync
 
-        try:
-            record = runs.get_run(self.store, run_id)
-        except KeyError:
-            raise ConfigError(
-                Problem(f"there is no run {run_id}", fix="list runs with `tidegate runs`")
-            ) from None
+        record = self._run(run_id)
         self.sync(record.sync)
         return run_sync(self, record.sync, full=record.full, approve=run_id,
                         revert_of=record.revert_of, reporter=reporter or NullReporter())
@@ -166,15 +161,18 @@ class Project:
         """
         from tidegate.sync import run_sync
 
+        record = self._run(run_id)
+        self.sync(record.sync)
+        return run_sync(self, record.sync, full=False, force=force, revert_of=run_id,
+                        reporter=reporter or NullReporter())
+
+    def _run(self, run_id: int) -> runs.RunRecord:
         try:
-            record = runs.get_run(self.store, run_id)
+            return runs.get_run(self.store, run_id)
         except KeyError:
             raise ConfigError(
                 Problem(f"there is no run {run_id}", fix="list runs with `tidegate runs`")
             ) from None
-        self.sync(record.sync)
-        return run_sync(self, record.sync, full=False, force=force, revert_of=run_id,
-                        reporter=reporter or NullReporter())
 
     def runs(self, sync: str | None = None, limit: int = 20) -> list[runs.RunRecord]:
         if sync is not None:
@@ -185,12 +183,7 @@ class Project:
              limit: int | None = None) -> dict[str, Any]:
         """One run: its summary, timings and every rejected or invalid row; with
         ``changes``, also every change it delivered (key, field, old, new, time)."""
-        try:
-            record = runs.get_run(self.store, run_id)
-        except KeyError:
-            raise ConfigError(
-                Problem(f"there is no run {run_id}", fix="list runs with `tidegate runs`")
-            ) from None
+        record = self._run(run_id)
         out = record.summary()
         out.update(
             mode=record.mode,
