@@ -291,11 +291,16 @@ def runs_cmd(
     def go() -> int:
         with proj:
             records = proj.runs(sync, limit)
-        summaries = [r.summary() | {"started_at": r.started_at.isoformat()} for r in records]
+            ids = proj.sync_ids()
+        summaries = [r.summary() | {"started_at": r.started_at.isoformat(),
+                                    "sync_id": ids.get(r.sync)} for r in records]
         if as_json:
             _emit_json({"runs": summaries})
         else:
             _print_summaries(summaries, title="runs")
+            if ids:
+                out.print("sync ids (stable; Census / Hightouch clients address syncs by them): "
+                          + ", ".join(f"{name} {i}" for name, i in ids.items()))
         return EXIT_OK
 
     _guard(as_json, go)
@@ -365,6 +370,27 @@ def reset(
         return EXIT_OK
 
     _guard(as_json, go)
+
+
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8787,
+    workers: Annotated[int, typer.Option("--workers", help="Runs of different syncs at once.",
+                                         min=1, max=64)] = 2,
+    no_scheduler: Annotated[bool, typer.Option(
+        "--no-scheduler", help="Do not fire syncs' schedules.")] = False,
+) -> None:
+    """REST API, scheduler and web page; beyond loopback only with TIDEGATE_API_TOKEN set."""
+    from tidegate.server import serve as run_server  # FastAPI loads only for this command
+
+    def go() -> int:
+        run_server(project, host=host, port=port, workers=workers, schedule=not no_scheduler,
+                   token=os.environ.get("TIDEGATE_API_TOKEN") or None)
+        return EXIT_OK
+
+    _guard(False, go)
 
 
 @app.command()

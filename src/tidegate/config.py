@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tidegate import redact
 from tidegate.errors import ConfigError, Problem
@@ -167,6 +175,15 @@ class SyncConfig(Strict):
     requests_per_second: float | None = Field(default=None, gt=0)
     schedule: str | None = None
     guardrails: Guardrails = Field(default_factory=Guardrails)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tidegate.cron import expand  # cronsim loads only for projects with schedules
+
+            expand(value)
+        return value
 
     @model_validator(mode="after")
     def _model_given_once(self) -> SyncConfig:

@@ -126,18 +126,34 @@ class Project:
         dry_run: bool = False,
         force: bool = False,
         reporter: Reporter | None = None,
+        queued: int | None = None,
     ) -> dict[str, Any]:
         """Plan, judge and deliver ``name``; return the run summary (SPEC §4 ``--json``).
 
         A plan that trips a guardrail is held: status ``held``, nothing sent.
         ``force`` skips the guardrails, and the run records that it was forced.
+        ``queued`` runs that queued run (see ``enqueue``) rather than a new one.
         """
         from tidegate.sync import run_sync
 
         if dry_run:
             return self.plan(name, full=full)
         return run_sync(self, name, full=full, force=force,
-                        reporter=reporter or NullReporter())
+                        reporter=reporter or NullReporter(), queued=queued)
+
+    def enqueue(self, name: str, *, full: bool = False, force: bool = False,
+                triggered_by: str | None = None) -> int:
+        """Record a run of ``name`` as queued, for a worker to ``run(name, queued=id)``."""
+        sync = self.sync(name)
+        return runs.queue_run(self.store, sync=name, mode=sync.mode,
+                              destination=sync.destination, object=sync.object, full=full,
+                              forced=force, triggered_by=triggered_by)
+
+    def sync_ids(self) -> dict[str, int]:
+        """Each sync's stable numeric id (see ``tidegate.catalog``), by name."""
+        from tidegate.catalog import sync_ids
+
+        return sync_ids(self.store, sorted(self.syncs))
 
     def approve(self, run_id: int, *, reporter: Reporter | None = None) -> dict[str, Any]:
         """Deliver held run ``run_id`` as the approver saw it; return its summary.

@@ -4,6 +4,9 @@ A run is ``running`` until it ends as ``succeeded``, ``partial`` (some rows
 rejected or invalid), or ``failed``. A run whose process died is found by the
 next run of its sync (its pid is gone, or its heartbeat is stale on another
 host) and marked ``failed`` with the reason, so the history tells the truth.
+A server records a triggered run as ``queued`` before it starts (``queue_run``);
+it becomes ``running`` when a worker takes it up, and ``recover`` finds, when
+a server starts again, the runs its earlier process left behind.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from typing import Any
 
 from tidegate.errors import ConfigError, FatalError, Problem
 from tidegate.plan import PlanCounts
-from tidegate.store import Store
+from tidegate.store import Store, Tx
 
 STALE_AFTER = timedelta(minutes=15)  # a run on another host silent this long is dead
 HOST = socket.gethostname()
+
+
+class AlreadyRunning(FatalError):
+    """Another live process is running the sync; a queued run waits for it."""
 
 
 def now() -> datetime:
@@ -52,6 +59,8 @@ class RunRecord:
     approved_at: datetime | None = None
     revert_of: int | None = None
     destination_report: dict[str, Any] | None = None
+    queued_at: datetime | None = None
+    triggered_by: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -124,6 +133,8 @@ def _record(m: dict[str, Any]) -> RunRecord:
         revert_of=int(m["revert_of"]) if m.get("revert_of") is not None else None,
         destination_report=(json.loads(m["destination_report"])
                             if m.get("destination_report") else None),
+        queued_at=_time(m.get("queued_at")),
+        triggered_by=m.get("triggered_by"),
     )
 
 
@@ -140,37 +151,92 @@ def _alive(pid: int | None, host: str | None, heartbeat: str | None) -> bool:
     return beat is not None and now() - beat < STALE_AFTER
 
 
+def _interrupted(tx: Tx, m: dict[str, Any], next_run: str) -> None:
+    tx.execute(
+        "update tidegate_runs set status = 'failed', finished_at = ?, error = ? where id = ?",
+        (m["heartbeat_at"] or m["started_at"],
+         "interrupted: the process stopped before the run finished "
+         f"({m['batches']} batch(es) acknowledged); {next_run}",
+         m["id"]),
+    )
+
+
+_RUNNING = ("select id, sync, pid, host, heartbeat_at, started_at, batches from tidegate_runs "
+            "where status = 'running'")
+
+
 def start_run(
     store: Store, *, sync: str, mode: str, destination: str, object: str, full: bool,
-    revert_of: int | None = None,
+    revert_of: int | None = None, queued: int | None = None,
 ) -> int:
-    """Open a run for ``sync``; refuse if another live run of it is in progress."""
+    """Open a run for ``sync``; refuse if another live run of it is in progress.
+
+    ``queued`` takes up that queued run (see ``queue_run``) instead of opening a new one.
+    """
     with store.transaction() as tx:
         tx.lock(f"sync:{sync}")
-        running = tx.rows(
-            "select id, pid, host, heartbeat_at, started_at, batches from tidegate_runs "
-            "where sync = ? and status = 'running'", (sync,))
+        running = tx.rows(_RUNNING + " and sync = ?", (sync,))
         for m in running:
             if _alive(m["pid"], m["host"], m["heartbeat_at"]):
-                raise FatalError(
+                raise AlreadyRunning(
                     f"sync '{sync}' is already running as run {m['id']} "
                     f"(pid {m['pid']} on {m['host']}); wait for it to finish"
                 )
-            tx.execute(
-                "update tidegate_runs set status = 'failed', finished_at = ?, error = ? "
-                "where id = ?",
-                (m["heartbeat_at"] or m["started_at"],
-                 "interrupted: the process stopped before the run finished "
-                 f"({m['batches']} batch(es) acknowledged); the next run sent the rest",
-                 m["id"]),
-            )
+            _interrupted(tx, m, "the next run sent the rest")
         at = stamp()
+        if queued is not None:
+            taken = tx.execute(
+                "update tidegate_runs set status = 'running', mode = ?, destination = ?, "
+                "object = ?, started_at = ?, heartbeat_at = ?, pid = ?, host = ? "
+                "where id = ? and sync = ? and status = 'queued' returning id",
+                (mode, destination, object, at, at, os.getpid(), HOST, queued, sync))
+            if not taken:
+                raise FatalError(f"run {queued} of sync '{sync}' is no longer queued")
+            return queued
         return tx.insert_id(
             "insert into tidegate_runs (sync, status, mode, destination, object, full_sync, "
             "started_at, heartbeat_at, pid, host, revert_of) "
             "values (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sync, mode, destination, object, full, at, at, os.getpid(), HOST, revert_of),
         )
+
+
+def queue_run(
+    store: Store, *, sync: str, mode: str, destination: str, object: str, full: bool,
+    forced: bool = False, triggered_by: str | None = None,
+) -> int:
+    """Record a run of ``sync`` that a worker will start later; return its id."""
+    at = stamp()
+    with store.transaction() as tx:
+        return tx.insert_id(
+            "insert into tidegate_runs (sync, status, mode, destination, object, full_sync, "
+            "forced, started_at, queued_at, triggered_by) "
+            "values (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sync, mode, destination, object, full, forced, at, at, triggered_by),
+        )
+
+
+def recover(store: Store) -> list[int]:
+    """Mark the runs a stopped process left ``running`` as interrupted; return their ids.
+
+    Called by a server as it starts: a run recorded under this very process id
+    cannot be alive, since this process has not started any yet.
+    """
+    with store.transaction() as tx:
+        found = []
+        for m in tx.rows(_RUNNING):
+            mine = m["host"] == HOST and m["pid"] == os.getpid()
+            if mine or not _alive(m["pid"], m["host"], m["heartbeat_at"]):
+                _interrupted(tx, m, "the next run sends the rest")
+                found.append(int(m["id"]))
+    return found
+
+
+def queued_runs(store: Store) -> list[RunRecord]:
+    """Runs waiting to start, oldest first."""
+    with store.transaction() as tx:
+        rows = tx.rows("select * from tidegate_runs where status = 'queued' order by id")
+    return [_record(r) for r in rows]
 
 
 def record_plan(
@@ -205,36 +271,46 @@ def record_plan(
         )
 
 
+def check_approvable(store: Store, run_id: int) -> None:
+    """Raise ConfigError unless ``run_id`` is held and its sync's latest run."""
+    with store.transaction() as tx:
+        _approvable(tx, run_id)
+
+
 def resume_held(store: Store, run_id: int) -> RunRecord:
     """Take a held run up again to deliver it: it must be held and its sync's latest run."""
     with store.transaction() as tx:
-        found = tx.rows("select * from tidegate_runs where id = ?", (run_id,))
-        if not found:
-            raise ConfigError(Problem(f"there is no run {run_id}",
-                                      fix="list runs with `tidegate runs`"))
-        m = found[0]
-        sync = m["sync"]
-        tx.lock(f"sync:{sync}")
-        if m["status"] != "held":
-            raise ConfigError(Problem(
-                f"run {run_id} is {m['status']}, not held; only a held run can be approved",
-                fix=f"run the sync again: `tidegate run {sync}`"))
-        # A later run that failed before planning (a config error, a source down)
-        # changed nothing; one that planned did, and the held plan is out of date.
-        later = tx.scalar(
-            "select max(id) from tidegate_runs where sync = ? and id > ? "
-            "and status in ('succeeded', 'partial', 'held', 'running')", (sync, run_id))
-        if later is not None:
-            raise ConfigError(Problem(
-                f"run {run_id} is not the latest run of sync '{sync}' (run {later} is), so "
-                "what it would send is out of date",
-                fix=f"approve run {later} if it is held, or run the sync again"))
+        _approvable(tx, run_id)
         tx.execute(
             "update tidegate_runs set status = 'running', error = null, finished_at = null, "
             "pid = ?, host = ?, heartbeat_at = ? where id = ?",
             (os.getpid(), HOST, stamp(), run_id),
         )
     return get_run(store, run_id)
+
+
+def _approvable(tx: Tx, run_id: int) -> None:
+    found = tx.rows("select * from tidegate_runs where id = ?", (run_id,))
+    if not found:
+        raise ConfigError(Problem(f"there is no run {run_id}",
+                                  fix="list runs with `tidegate runs`"))
+    m = found[0]
+    sync = m["sync"]
+    tx.lock(f"sync:{sync}")
+    if m["status"] != "held":
+        raise ConfigError(Problem(
+            f"run {run_id} is {m['status']}, not held; only a held run can be approved",
+            fix=f"run the sync again: `tidegate run {sync}`"))
+    # A later run that failed before planning (a config error, a source down)
+    # changed nothing; one that planned did, and the held plan is out of date.
+    later = tx.scalar(
+        "select max(id) from tidegate_runs where sync = ? and id > ? "
+        "and status in ('succeeded', 'partial', 'held', 'running')", (sync, run_id))
+    if later is not None:
+        raise ConfigError(Problem(
+            f"run {run_id} is not the latest run of sync '{sync}' (run {later} is), so "
+            "what it would send is out of date",
+            fix=f"approve run {later} if it is held, or run the sync again"))
 
 
 def record_conflicts(store: Store, run_id: int, sync: str,

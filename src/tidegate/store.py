@@ -181,7 +181,24 @@ V3: list[str | Callable[[Tx], None]] = [
     )""",
 ]
 
-MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3]
+# `tidegate serve`: a stable numeric id per sync name (what Census- and Hightouch-style
+# clients address), runs queued before they start, and each schedule's last tick.
+V4: list[str | Callable[[Tx], None]] = [
+    """create table if not exists tidegate_syncs (
+        id {serial},
+        name text not null unique,
+        created_at text not null
+    )""",
+    "alter table tidegate_runs add column queued_at text",
+    "alter table tidegate_runs add column triggered_by text",
+    """create table if not exists tidegate_schedule (
+        sync text primary key,
+        cron text not null,
+        last_tick text not null
+    )""",
+]
+
+MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3, V4]
 
 
 class Tx:

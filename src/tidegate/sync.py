@@ -81,6 +81,7 @@ def run_sync(
     force: bool = False,
     approve: int | None = None,
     revert_of: int | None = None,
+    queued: int | None = None,
 ) -> dict[str, Any]:
     """Run ``name`` once; return its summary. Config problems found on the way raise.
 
@@ -89,6 +90,7 @@ def run_sync(
     ``approve`` up again: it is planned again and delivered if the plan is the one
     that was held, or judged afresh if the model or state changed since.
     ``revert_of`` plans, instead of the model, putting back what that run changed.
+    ``queued`` takes up that queued run (a server's) instead of recording a new one.
     """
     sync = project.sync(name)
     store = project.store
@@ -100,7 +102,7 @@ def run_sync(
     if approve is None:
         run_id = runs.start_run(
             store, sync=name, mode=sync.mode, destination=sync.destination,
-            object=sync.object, full=full, revert_of=revert_of,
+            object=sync.object, full=full, revert_of=revert_of, queued=queued,
         )
     else:
         held = runs.resume_held(store, approve)
