@@ -16,7 +16,7 @@ package imports them, so other commands start without paying for them.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 from tidegate.errors import ConfigError, Problem
@@ -27,11 +27,16 @@ DEFAULT_PORT = 8787
 
 def require() -> None:
     """Raise ConfigError with the install command when the server's libraries are missing."""
-    missing = [name for name in ("fastapi", "uvicorn", "jinja2")
-               if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in ("fastapi", "uvicorn", "jinja2"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise ConfigError(Problem(
-            f"`tidegate serve` needs {', '.join(missing)}, which is not installed",
+            f"`tidegate serve` needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed",
             fix=INSTALL_HINT))
 
 

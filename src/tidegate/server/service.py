@@ -117,9 +117,10 @@ class Service:
         """Queue a run of the sync; a worker starts it when the sync is free."""
         name = self.resolve(ref)
         run_id = self.project.enqueue(name, full=full, force=force, triggered_by=by)
+        record = self.record(run_id)  # as queued: a worker may take it up at once
         self.pool.submit(Job("run", name, run_id, full, force))
         log.info("run %s of sync %s queued (%s)", run_id, name, by)
-        return self.record(run_id)
+        return record
 
     def approve(self, run_id: int) -> runs.RunRecord:
         """Queue the delivery of held run ``run_id``."""
