@@ -18,7 +18,7 @@ import yaml
 
 from conftest import SECRET
 from helpers import cli, project, sync, warehouse
-from serverkit import TOKEN, LiveServer, wait_for
+from serverkit import TOKEN, LiveServer
 from tidegate.sandbox.webhook import WebhookReceiver
 
 ENV = {"HOOK_SECRET": SECRET}
