@@ -18,7 +18,7 @@ import yaml
 
 from conftest import SECRET
 from helpers import cli, project, sync, warehouse
-from serverkit import TOKEN, LiveServer
+from serverkit import TOKEN, LiveServer, free_port
 from tidegate.sandbox.webhook import WebhookReceiver
 
 ENV = {"HOOK_SECRET": SECRET}
@@ -303,3 +303,21 @@ def test_sync_ids_are_stable_as_syncs_are_added(root: Path, receiver: WebhookRec
     assert by_id["sync"] == "to_file"
     assert after == {**before, "aardvark": 4}
     assert listed["runs"][0]["sync_id"] == 3
+
+
+def test_no_secret_reaches_a_response_or_the_page(project_dir: Path) -> None:
+    password = "pg-S3cret-in-the-url"
+    warehouse(project_dir / "warehouse.duckdb", 5)
+    url = f"postgresql://tidegate:{password}@127.0.0.1:{free_port()}/nowhere"
+    project(project_dir, {"db": {"type": "postgres", "url": url}},
+            {"accounts": sync("db", object="public.accounts")})
+    with LiveServer(project_dir, token=TOKEN) as server:
+        run_id = server.client.post("/api/syncs/accounts/runs").json()["run_id"]
+        failed = server.wait(run_id)
+        bodies = [server.client.get(path).text for path in (
+            f"/api/runs/{run_id}", "/api/runs", "/api/syncs", f"/api/v1/sync_runs/{run_id}",
+            f"/api/v1/syncs/1/runs?runId={run_id}", f"/runs/{run_id}", "/")]
+    assert failed["status"] == "failed" and failed["error"]
+    assert "127.0.0.1" in failed["error"]  # the error says where, without the password
+    for body in bodies:
+        assert password not in body and TOKEN not in body
