@@ -15,16 +15,19 @@ import os
 # a process that chose a pool itself keeps its choice.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
-from tidegate.errors import (
-    ConfigError,
-    DestinationError,
-    FatalError,
-    Problem,
-    RetryableError,
-    SourceError,
-    TidegateError,
-)
-from tidegate.project import Project
+from tidegate.imports import quietly
+
+with quietly():
+    from tidegate.errors import (
+        ConfigError,
+        DestinationError,
+        FatalError,
+        Problem,
+        RetryableError,
+        SourceError,
+        TidegateError,
+    )
+    from tidegate.project import Project
 
 __version__ = "0.1.0"
 
