@@ -15,18 +15,19 @@ import os
 # a process that chose a pool itself keeps its choice.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
-from tidegate.imports import quietly
+from typing import TYPE_CHECKING, Any
 
-with quietly():
-    from tidegate.errors import (
-        ConfigError,
-        DestinationError,
-        FatalError,
-        Problem,
-        RetryableError,
-        SourceError,
-        TidegateError,
-    )
+from tidegate.errors import (
+    ConfigError,
+    DestinationError,
+    FatalError,
+    Problem,
+    RetryableError,
+    SourceError,
+    TidegateError,
+)
+
+if TYPE_CHECKING:
     from tidegate.project import Project
 
 __version__ = "0.1.0"
@@ -42,3 +43,17 @@ __all__ = [
     "TidegateError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``Project`` brings DuckDB, Arrow and pydantic: it is imported when first
+    # asked for, so a command line that only needs the errors starts fast, and
+    # the command line imports it itself with the collector paused.
+    if name == "Project":
+        from tidegate.imports import quietly
+
+        with quietly():
+            from tidegate.project import Project
+
+        return Project
+    raise AttributeError(f"module 'tidegate' has no attribute {name!r}")

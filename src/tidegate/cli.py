@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 from tidegate.imports import quietly
 
-with quietly():
+with quietly(freeze=True):  # this process is the command's own
     import typer
     from rich.console import Console
     from rich.markup import escape
