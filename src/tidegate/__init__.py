@@ -15,6 +15,8 @@ import os
 # a process that chose a pool itself keeps its choice.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
+from typing import TYPE_CHECKING, Any
+
 from tidegate.errors import (
     ConfigError,
     DestinationError,
@@ -24,7 +26,9 @@ from tidegate.errors import (
     SourceError,
     TidegateError,
 )
-from tidegate.project import Project
+
+if TYPE_CHECKING:
+    from tidegate.project import Project
 
 __version__ = "0.1.0"
 
@@ -39,3 +43,17 @@ __all__ = [
     "TidegateError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``Project`` brings DuckDB, Arrow and pydantic: it is imported when first
+    # asked for, so a command line that only needs the errors starts fast, and
+    # the command line imports it itself with the collector paused.
+    if name == "Project":
+        from tidegate.imports import quietly
+
+        with quietly():
+            from tidegate.project import Project
+
+        return Project
+    raise AttributeError(f"module 'tidegate' has no attribute {name!r}")

@@ -16,16 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from tidegate.imports import quietly
 
-from tidegate import __version__
-from tidegate.errors import ConfigError, TidegateError
-from tidegate.progress import NullReporter, Reporter, RichReporter
-from tidegate.project import Project
-from tidegate.redact import install_log_filter, redact
+with quietly(freeze=True):  # this process is the command's own
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tidegate import __version__
+    from tidegate.errors import ConfigError, TidegateError
+    from tidegate.progress import NullReporter, Reporter, RichReporter
+    from tidegate.project import Project
+    from tidegate.redact import install_log_filter, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_REJECTED = 0, 1, 2, 3, 4
 STATUS_EXIT = {"succeeded": EXIT_OK, "planned": EXIT_OK, "partial": EXIT_REJECTED,

@@ -13,10 +13,10 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 from tidegate.destinations.base import BatchResult, Destination
 from tidegate.errors import DestinationError, FatalError, RetryableError
@@ -101,54 +101,56 @@ class Deliverer:
         """Deliver every batch; raise the first fatal error after in-flight ones settle.
 
         One batch more than ``concurrency`` is prepared ahead, so a sender
-        never waits for the next batch to be cut. ``on_results`` gets the
-        batches that settled together, so their state can commit as one; it
-        runs on a thread of its own, in order, so cutting and sending go on
-        while a commit writes.
+        never waits for the next batch to be cut. ``on_results`` runs on a
+        thread of its own, one call at a time and in order, so cutting and
+        sending go on while a commit writes; each call gets every batch that
+        settled while the previous one ran, so a commit's fixed cost is paid
+        once for as many batches as the destination acknowledged meanwhile.
         """
         failure: BaseException | None = None
         ahead = self.concurrency + 1
-        queued_commits = 1  # beyond this, wait: memory holds what awaits its commit
-        commits: deque[Future[None]] = deque()
+        # Settled batches wait in memory for their commit; past this many, no new
+        # batch is cut until the commit in flight is done.
+        most_waiting = 8 * ahead
         with ThreadPoolExecutor(1, thread_name_prefix="tidegate-commit") as committer, \
                 ThreadPoolExecutor(self.concurrency, thread_name_prefix="tidegate-send") as pool:
             pending: dict[Future[BatchResult], Outgoing] = {}
+            settled: list[tuple[Outgoing, BatchResult]] = []
+            commit: Future[None] | None = None
             source: Iterator[Outgoing] = iter(batches)
             exhausted = False
-            while pending or not exhausted:
-                while not exhausted and failure is None and len(pending) < ahead:
+            while True:
+                while (not exhausted and failure is None and len(pending) < ahead
+                       and len(settled) < most_waiting):
                     out = next(source, None)
                     if out is None:
                         exhausted = True
                         break
                     pending[pool.submit(self._send, out)] = out
-                if not pending:
+                if commit is None and settled:
+                    commit = committer.submit(on_results, settled)
+                    settled = []
+                if not pending and commit is None:
                     break
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                settled = []
+                waiting: list[Future[Any]] = [*pending, *([commit] if commit else [])]
+                done, _ = wait(waiting, return_when=FIRST_COMPLETED)
                 for future in done:
+                    if future is commit:
+                        commit = None
+                        try:
+                            future.result()
+                        except BaseException as exc:  # a failed commit stops the run
+                            failure = failure or exc
+                            self.stop.set()
+                        continue
                     out = pending.pop(future)
                     try:
                         settled.append((out, future.result()))
                     except BaseException as exc:
                         failure = failure or exc
                         self.stop.set()
-                if settled:
-                    commits.append(committer.submit(on_results, settled))
-                # A failed commit stops the run; a slow one holds back new batches.
-                while commits and (commits[0].done() or len(commits) > queued_commits):
-                    try:
-                        commits.popleft().result()
-                    except BaseException as exc:
-                        failure = failure or exc
-                        self.stop.set()
                 if failure is not None:
                     exhausted = True
-            for commit in commits:
-                try:
-                    commit.result()
-                except BaseException as exc:
-                    failure = failure or exc
         if failure is not None:
             raise failure
 

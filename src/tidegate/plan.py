@@ -283,6 +283,9 @@ class Plan:
 
     def state_after(self, kept: list[pa.Table], dropped: list[pa.Array]) -> pa.Table:
         """The (key, hash) state once ``kept`` were written and ``dropped`` removed."""
+        if not self.known.num_rows and not any(len(d) for d in dropped):
+            # A first run: what it kept is the whole state (a key is in one batch only).
+            return pa.concat_tables(kept) if kept else self.known
         cur = self.con.cursor()
         try:
             cur.register("known_before", self.known)

@@ -293,6 +293,10 @@ class Store:
             # cannot both read "nothing running" before either of them writes.
             conn = sqlite3.connect(path, timeout=60, isolation_level=None,
                                    check_same_thread=False)
+            # Segments are blobs of hundreds of kilobytes: with SQLite's default 4 KiB
+            # pages a first sync writes thousands of overflow pages one frame at a time.
+            # Only a new database takes a page size; an existing one keeps its own.
+            conn.execute("pragma page_size=16384")
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=normal")
             conn.execute("pragma busy_timeout=60000")

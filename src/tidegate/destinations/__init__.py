@@ -16,6 +16,7 @@ from tidegate.destinations.base import (
     Operation,
     SyncTarget,
 )
+from tidegate.imports import quietly
 
 __all__ = [
     "Batch",
@@ -51,13 +52,15 @@ def load(kind: str) -> type[Destination]:
     """The plugin class for ``kind``; KeyError if there is none."""
     if kind in _BUILTIN:  # ours need no metadata scan, which costs a run ~30 ms
         module, _, attr = _BUILTIN[kind].partition(":")
-        cls = getattr(__import__(module, fromlist=[attr]), attr)
+        with quietly():
+            cls = getattr(__import__(module, fromlist=[attr]), attr)
         return _checked(kind, cls)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=GROUP):
         if ep.name == kind:
-            cls = ep.load()
+            with quietly():
+                cls = ep.load()
             break
     else:
         raise KeyError(kind)

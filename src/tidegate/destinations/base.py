@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from tidegate.config import MODES, Mode
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 Operation = Literal["insert", "update", "upsert", "delete"]
 _TUNABLE = ("max_records", "max_bytes", "requests_per_second", "concurrency")
 ALL_MODES: frozenset[Mode] = frozenset(MODES)
+_COMMA = pa.scalar(",")
 
 
 class DestinationConfig(BaseModel):
@@ -120,6 +122,21 @@ class Batch:
             return ['{"key":' + k + "}" for k in self.keys]
         return ['{"key":' + k + ',"fields":' + f + "}"
                 for k, f in zip(self.keys, self.fields_json, strict=True)]
+
+    def joined_documents(self) -> bytes:
+        """Every record's JSON document, comma-separated, as UTF-8: a JSON array's inside.
+
+        Joined in Arrow when the planner made the documents, so no Python string
+        is made per record.
+        """
+        if self.documents is None:
+            return ",".join(self.document_json).encode()
+        docs = self.documents
+        if isinstance(docs, pa.ChunkedArray):
+            docs = docs.combine_chunks()
+        whole = pa.ListArray.from_arrays(pa.array([0, len(docs)], pa.int32()), docs)
+        joined = pc.binary_join(whole, _COMMA)[0]
+        return joined.as_buffer().to_pybytes() if joined.is_valid else b""
 
     @cached_property
     def key_values(self) -> list[Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from tidegate.destinations.base import Destination
+from tidegate.destinations.transport import PooledTransport
 from tidegate.errors import RetryableError
 from tidegate.redact import redact
 
@@ -51,7 +52,7 @@ class HttpDestination(Destination):
 
     _client: httpx.Client | None = None
     _client_lock = threading.Lock()
-    _transport: httpx.HTTPTransport
+    _transport: httpx.BaseTransport
     _direct = False
     # Loading the CA bundle costs tens of milliseconds, noticeable in a small run;
     # a destination that only ever speaks plain http:// (a loopback receiver) skips it.
@@ -66,12 +67,14 @@ class HttpDestination(Destination):
             return self._client
 
     def _new_client(self) -> httpx.Client:
-        self._transport = httpx.HTTPTransport(
-            verify=self.tls, limits=httpx.Limits(max_connections=32, max_keepalive_connections=32)
-        )
         # With a proxy in the environment the client decides per URL; without
         # one every request goes to this transport, so ``send`` may go there itself.
         self._direct = not urllib.request.getproxies()
+        self._transport = (
+            PooledTransport(verify=self.tls) if self._direct else httpx.HTTPTransport(
+                verify=self.tls,
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+        )
         return httpx.Client(
             transport=self._transport,
             timeout=DEFAULT_TIMEOUT,

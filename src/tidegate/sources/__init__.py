@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tidegate.config import DuckDBSourceConfig, SQLAlchemySourceConfig, SQLiteSourceConfig
+from tidegate.imports import quietly
 from tidegate.sources.base import ModelQueryError, Source
 
 __all__ = ["ModelQueryError", "Source", "open_source"]
@@ -25,6 +26,7 @@ def open_source(
         from tidegate.sources.duckdb import DuckDBSource
 
         return DuckDBSource(name, config, root)
-    from tidegate.sources.sqlalchemy import SQLAlchemySource
+    with quietly():  # SQLAlchemy and a driver: thousands of long-lived objects
+        from tidegate.sources.sqlalchemy import SQLAlchemySource
 
     return SQLAlchemySource(name, config, root)
