@@ -321,3 +321,32 @@ def test_no_secret_reaches_a_response_or_the_page(project_dir: Path) -> None:
     assert "127.0.0.1" in failed["error"]  # the error says where, without the password
     for body in bodies:
         assert password not in body and TOKEN not in body
+
+
+def test_a_queued_run_waits_for_a_run_of_its_sync_in_another_process(
+        root: Path, receiver: WebhookReceiver) -> None:
+    arrived, release = block_first_batch(receiver)
+    other = subprocess.Popen([sys.executable, "-m", "tidegate", "run", "accounts", "--project",
+                              str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, **ENV})
+    try:
+        assert arrived.wait(60)
+        with LiveServer(root, env=ENV) as server:
+            run_id = server.client.post("/api/syncs/accounts/runs").json()["run_id"]
+            waiting = server.wait(run_id, until=("queued",))
+            threading.Event().wait(0.5)  # a worker has tried it by now, and let it wait
+            still = server.client.get(f"/api/runs/{run_id}").json()
+            release.set()
+            assert other.wait(60) == 0
+            done = server.wait(run_id)
+            (cli_run,) = [r for r in server.client.get("/api/runs").json()["runs"]
+                          if r["run_id"] != run_id]
+    finally:
+        release.set()
+        other.kill()
+        other.communicate(timeout=30)
+    assert waiting["status"] == still["status"] == "queued"
+    assert cli_run["status"] == "succeeded" and cli_run["triggered_by"] is None
+    assert done["status"] == "succeeded" and done["planned"]["unchanged"] == ROWS
+    assert datetime.fromisoformat(done["started_at"]) >= datetime.fromisoformat(
+        cli_run["finished_at"])

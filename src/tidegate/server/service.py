@@ -167,10 +167,9 @@ class Service:
 
     def detail(self, run_id: int) -> dict[str, Any]:
         """One run as ``tidegate show`` gives it, without its rows (see ``rows``)."""
-        self.record(run_id)
+        record = self.record(run_id)
         out = self.project.show(run_id)
         out.pop("rows", None)
-        record = self.record(run_id)
         out.update(sync_id=self.ids.get(record.sync),
                    queued_at=record.queued_at.isoformat() if record.queued_at else None,
                    triggered_by=record.triggered_by, approving=self.approving(run_id))
