@@ -17,7 +17,7 @@ from tidegate.server.models import (
     SyncList,
     TriggerRequest,
 )
-from tidegate.server.service import Service, ServiceError, summary
+from tidegate.server.service import Service, summary
 
 
 def service(request: Request) -> Service:
@@ -99,5 +99,3 @@ def health_router() -> APIRouter:
 
     return open_
 
-
-__all__ = ["ServiceError", "health_router", "router"]

@@ -84,10 +84,11 @@ def _error_response(request: Request, exc: ServiceError) -> Response:
     path = request.url.path
     headers = ({"WWW-Authenticate": 'Bearer realm="tidegate", Basic realm="tidegate"'}
                if exc.status == 401 else None)
-    if path.startswith("/api/v1/"):
+    if path.startswith("/api/v1/"):  # each vendor's error shape, with tidegate's fix
         hightouch = path == "/api/v1/syncs/trigger" or path.endswith("/runs")
-        body: dict[str, Any] = ({"message": exc.message} if hightouch
-                                else {"status": "error", "message": exc.message})
+        body: dict[str, Any] = {"message": exc.message, "fix": exc.fix}
+        if not hightouch:
+            body = {"status": "error", **body}
     else:
         body = {"error": {"message": exc.message, "fix": exc.fix}}
     return JSONResponse(body, status_code=exc.status, headers=headers)

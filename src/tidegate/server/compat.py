@@ -26,7 +26,6 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 
 from tidegate.runs import RunRecord
 from tidegate.server.api import Svc
@@ -188,15 +187,6 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
-def census_error(exc: ServiceError) -> JSONResponse:
-    return JSONResponse({"status": "error", "message": exc.message, "fix": exc.fix},
-                        status_code=exc.status)
-
-
-def hightouch_error(exc: ServiceError) -> JSONResponse:
-    return JSONResponse({"message": exc.message, "fix": exc.fix}, status_code=exc.status)
-
-
 def router(authorized: Any) -> APIRouter:
     v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)],
                    tags=["Census and Hightouch compatible"])
@@ -204,45 +194,33 @@ def router(authorized: Any) -> APIRouter:
     @v1.post("/syncs/trigger", summary="Hightouch: trigger a sync by syncId or syncSlug "
              "(JSON or form body; fullResync)")
     async def hightouch_trigger(request: Request, svc: Svc) -> Any:
-        try:
-            body = _body_or_query(await _body(request), request)
-            ref = body.get("syncId") or body.get("syncSlug")
-            if not ref:
-                raise ServiceError(400, "give syncId or syncSlug")
-            record = svc.trigger(str(ref), full=_flag(body.get("fullResync")),
-                                 by="hightouch api")
-        except ServiceError as exc:
-            return hightouch_error(exc)
+        body = _body_or_query(await _body(request), request)
+        ref = body.get("syncId") or body.get("syncSlug")
+        if not ref:
+            raise ServiceError(400, "give syncId or syncSlug")
+        record = svc.trigger(str(ref), full=_flag(body.get("fullResync")),
+                             by="hightouch api")
         return {"id": str(record.id)}
 
     @v1.post("/syncs/{sync_id}/trigger", summary="Census: trigger a sync "
              "(force_full_sync); also Hightouch's TriggerRun (fullResync)")
     async def census_trigger(sync_id: str, request: Request, svc: Svc) -> Any:
-        try:
-            body = _body_or_query(await _body(request), request)
-            full = _flag(body.get("force_full_sync")) or _flag(body.get("fullResync"))
-            record = svc.trigger(sync_id, full=full, by="census api")
-        except ServiceError as exc:
-            return census_error(exc)
+        body = _body_or_query(await _body(request), request)
+        full = _flag(body.get("force_full_sync")) or _flag(body.get("fullResync"))
+        record = svc.trigger(sync_id, full=full, by="census api")
         return {"status": "success", "data": {"sync_run_id": record.id, "id": str(record.id)},
                 "id": str(record.id)}
 
     @v1.get("/sync_runs/{run_id}", summary="Census: one sync run")
     def census_sync_run(run_id: int, svc: Svc) -> Any:
-        try:
-            record = svc.record(run_id)
-        except ServiceError as exc:
-            return census_error(exc)
+        record = svc.record(run_id)
         return {"status": "success", "data": census_run(record, svc.ids.get(record.sync))}
 
     @v1.get("/syncs/{sync_id}/sync_runs", summary="Census: a sync's runs, newest first")
     def census_sync_runs(sync_id: str, svc: Svc,
                          page: Annotated[int, Query(ge=0)] = 1,
                          per_page: Annotated[int, Query(ge=1, le=100)] = 25) -> Any:
-        try:
-            name = svc.resolve(sync_id)
-        except ServiceError as exc:
-            return census_error(exc)
+        name = svc.resolve(sync_id)
         page = max(page, 1)
         records = svc.runs(name, page * per_page + 1)
         chunk = records[(page - 1) * per_page: page * per_page]
@@ -268,10 +246,7 @@ def router(authorized: Any) -> APIRouter:
 
     @v1.get("/syncs/{sync_id}", summary="Census and Hightouch: one sync")
     def get_sync(sync_id: str, svc: Svc) -> Any:
-        try:
-            name = svc.resolve(sync_id)
-        except ServiceError as exc:
-            return census_error(exc)
+        name = svc.resolve(sync_id)
         info = next(s for s in svc.syncs() if s["name"] == name)
         return {"status": "success", "data": sync_object(info)}
 
@@ -279,19 +254,16 @@ def router(authorized: Any) -> APIRouter:
     def hightouch_runs(sync_id: str, svc: Svc, runId: str | None = None,
                        limit: Annotated[int, Query(ge=1, le=100)] = 5,
                        offset: Annotated[int, Query(ge=0)] = 0) -> Any:
-        try:
-            name = svc.resolve(sync_id)
-            if runId is not None:
-                if not runId.strip().isdigit():
-                    raise ServiceError(404, f"there is no run {runId}")
-                record = svc.record(int(runId))
-                if record.sync != name:
-                    raise ServiceError(404, f"run {runId} is not a run of sync {sync_id}")
-                records = [record]
-            else:
-                records = svc.runs(name, offset + limit)[offset:]
-        except ServiceError as exc:
-            return hightouch_error(exc)
+        name = svc.resolve(sync_id)
+        if runId is not None:
+            if not runId.strip().isdigit():
+                raise ServiceError(404, f"there is no run {runId}")
+            record = svc.record(int(runId))
+            if record.sync != name:
+                raise ServiceError(404, f"run {runId} is not a run of sync {sync_id}")
+            records = [record]
+        else:
+            records = svc.runs(name, offset + limit)[offset:]
         return {"data": [hightouch_run(r, svc.ids[name]) for r in records]}
 
     return v1
