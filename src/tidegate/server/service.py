@@ -60,6 +60,7 @@ class Service:
         self._workers: list[Project] = []
         self._workers_lock = threading.Lock()
         self._approving: set[int] = set()
+        self._queue_lock = threading.Lock()
         schedules = {n: s.schedule for n, s in project.syncs.items() if s.schedule}
         self.scheduler = (Scheduler(schedules, project.store, self.fire_scheduled, clock)
                           if schedule and schedules else None)
@@ -116,9 +117,10 @@ class Service:
                 by: str = "api") -> runs.RunRecord:
         """Queue a run of the sync; a worker starts it when the sync is free."""
         name = self.resolve(ref)
-        run_id = self.project.enqueue(name, full=full, force=force, triggered_by=by)
-        record = self.record(run_id)  # as queued: a worker may take it up at once
-        self.pool.submit(Job("run", name, run_id, full, force))
+        with self._queue_lock:  # runs of a sync start in the order of their ids
+            run_id = self.project.enqueue(name, full=full, force=force, triggered_by=by)
+            record = self.record(run_id)  # as queued: a worker may take it up at once
+            self.pool.submit(Job("run", name, run_id, full, force))
         log.info("run %s of sync %s queued (%s)", run_id, name, by)
         return record
 
