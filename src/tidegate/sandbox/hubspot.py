@@ -304,6 +304,7 @@ class HubSpotSandbox(LocalServer):
         self.request_count = 0
         self.requests: list[tuple[str, str, int]] = []  # method, path, inputs
         self.daily_used = 0
+        self.throttled: list[str] = []  # the policy of every 429 answered
         self.response_violations: list[str] = []
         self._lock = threading.RLock()
         self._objects: dict[str, ObjectType] = {}
@@ -445,6 +446,8 @@ class HubSpotSandbox(LocalServer):
                     max(0, self.daily_limit - self.daily_used)),
             }
         if policy is not None:
+            with self._lock:
+                self.throttled.append(policy)
             self.say(f"throttled: {policy}")
             if policy == "TEN_SECONDLY_ROLLING" and self.retry_after:
                 headers["retry-after"] = str(max(1, self.interval_ms // 1000))
