@@ -26,7 +26,6 @@ because waiting inside a run cannot cure a spent daily allowance.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -106,7 +105,7 @@ class HubSpotDestination(HttpDestination):
         self._fetch_properties()
 
     def prepare(self, schema: pa.Schema) -> None:
-        properties = self._properties_with_retries()
+        properties = self.before_run("the properties request", self._fetch_properties)
         if len(self.target.match_fields) > 1:
             raise ConfigError(Problem("HubSpot matches records on one property", key="match",
                                       fix="match on one unique-value property"))
@@ -116,21 +115,6 @@ class HubSpotDestination(HttpDestination):
             raise ConfigError([Problem(message, key=key, fix=fix)
                                for key, message, fix in problems])
         self._properties = properties
-
-    def _properties_with_retries(self, attempts: int = 5) -> Properties:
-        # Runs before the first batch, outside the deliverer's retries: a blip (or
-        # a ten-secondly 429) here must not fail a run that would otherwise go through.
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._fetch_properties()
-            except RetryableError as exc:
-                if attempt == attempts:
-                    raise DestinationError(
-                        f"{self.describe()} did not answer the properties request after "
-                        f"{attempt} attempt(s): {exc}. Check that it is up; nothing was sent"
-                    ) from exc
-                time.sleep(min(exc.retry_after or 0.1 * 2 ** (attempt - 1), 10.0))
-        raise AssertionError("unreachable")
 
     def _fetch_properties(self) -> Properties:
         object_type = self.target.object
