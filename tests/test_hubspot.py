@@ -223,3 +223,14 @@ def test_a_wrong_token_fails_the_run_with_the_fix(project_dir: Path,
     assert summary["status"] == "failed"
     assert "HubSpot refused the token (401" in summary["error"] and "`token`" in summary["error"]
     assert "pat-na1-wrong" not in summary["error"]
+
+
+def test_the_shipped_openapi_documents_are_hubspots_unchanged() -> None:
+    from importlib import resources
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "specs" / "hubspot"
+    shipped = resources.files("tidegate.sandbox").joinpath("specs", "hubspot")
+    names = sorted(p.name for p in shared.glob("*.json"))
+    assert names == ["crm-contacts-v3.json", "crm-objects-v3.json", "crm-properties-v3.json"]
+    for name in names:
+        assert shipped.joinpath(name).read_bytes() == (shared / name).read_bytes(), name
