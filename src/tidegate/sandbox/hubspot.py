@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -542,8 +542,8 @@ class HubSpotSandbox(LocalServer):
             if name is None and upsert:
                 raise _Refusal(400, "VALIDATION_ERROR",
                                "Upsert requires an idProperty naming a unique property")
-        keys = [(i.get("idProperty"), str(i["id"])) for i in inputs]
-        duplicates = sorted({k for _, k in keys if [x for _, x in keys].count(k) > 1})
+        counts = Counter(str(i["id"]) for i in inputs)
+        duplicates = sorted(k for k, n in counts.items() if n > 1)
         if duplicates:
             raise _Refusal(400, "VALIDATION_ERROR",
                            f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique")

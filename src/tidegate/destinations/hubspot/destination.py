@@ -102,7 +102,8 @@ class HubSpotDestination(HttpDestination):
     # Before the run ------------------------------------------------------------
 
     def check(self) -> None:
-        self._fetch_properties()
+        # A destination no sync uses yet has no object: any readable one proves the token.
+        self._fetch_properties(self.target.object or "contacts")
 
     def prepare(self, schema: pa.Schema) -> None:
         properties = self.before_run("the properties request", self._fetch_properties)
@@ -116,8 +117,8 @@ class HubSpotDestination(HttpDestination):
                                for key, message, fix in problems])
         self._properties = properties
 
-    def _fetch_properties(self) -> Properties:
-        object_type = self.target.object
+    def _fetch_properties(self, object_type: str = "") -> Properties:
+        object_type = object_type or self.target.object
         response = self._request("GET", self._url(f"properties/{object_type}"))
         if response.status_code in (400, 404):
             raise ConfigError(Problem(
