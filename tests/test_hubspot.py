@@ -234,3 +234,15 @@ def test_the_shipped_openapi_documents_are_hubspots_unchanged() -> None:
     assert names == ["crm-contacts-v3.json", "crm-objects-v3.json", "crm-properties-v3.json"]
     for name in names:
         assert shipped.joinpath(name).read_bytes() == (shared / name).read_bytes(), name
+
+
+def test_a_207_error_naming_no_input_goes_to_the_inputs_no_result_answers() -> None:
+    from tidegate.destinations.hubspot.destination import _outcome
+
+    doc = {"results": [{"id": "1", "properties": {"email": "ADA@example.com"}}],
+           "errors": [{"category": "OBJECT_NOT_FOUND", "message": "gone", "context": {}},
+                      {"category": "VALIDATION_ERROR", "message": "bad",
+                       "context": {"ids": ["Eve@example.com"]}}]}
+    outcome = _outcome(doc, ["ada@example.com", "bob@example.com", "eve@example.com"],
+                       lambda r: str(r["properties"]["email"]), "ids", fold=True)
+    assert outcome == [None, "OBJECT_NOT_FOUND: gone", "VALIDATION_ERROR: bad"]

@@ -207,24 +207,20 @@ class HubSpotDestination(HttpDestination):
         return [f"HTTP {response.status_code}: {_message(response)}"] * len(inputs)
 
     def _trace_outcome(self, doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
-        done = {str(r.get("objectWriteTraceId")) for r in doc.get("results", [])}
-        errors = _errors_by(doc, "objectWriteTraceId", fold=False)
-        return [errors.get(i["objectWriteTraceId"]) or (
-            None if i["objectWriteTraceId"] in done else _NO_OUTCOME) for i in inputs]
+        return _outcome(doc, [str(i["objectWriteTraceId"]) for i in inputs],
+                        lambda r: str(r.get("objectWriteTraceId")), "objectWriteTraceId",
+                        fold=False)
 
     def _id_outcome(self, doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
         fold = self.key == "email"
-        if self.key == RECORD_ID:
-            done = {str(r.get("id")) for r in doc.get("results", [])}
-        else:
-            done = {_fold(str(r.get("properties", {}).get(self.key, "")), fold)
-                    for r in doc.get("results", [])}
-        errors = _errors_by(doc, "ids", fold=fold)
-        out: _Outcome = []
-        for item in inputs:
-            ident = _fold(str(item["id"]), fold)
-            out.append(errors.get(ident) or (None if ident in done else _NO_OUTCOME))
-        return out
+        key = self.key
+
+        def result_ident(result: dict[str, Any]) -> str:
+            if key == RECORD_ID:
+                return str(result.get("id"))
+            return str((result.get("properties") or {}).get(key, ""))
+
+        return _outcome(doc, [str(i["id"]) for i in inputs], result_ident, "ids", fold=fold)
 
     def _archive(self, values: list[str]) -> _Outcome:
         if self.key == RECORD_ID:
@@ -313,22 +309,39 @@ class HubSpotDestination(HttpDestination):
         return {"daily_remaining": remaining, "daily_limit": limit}
 
 
-_NO_OUTCOME = "HubSpot reported no outcome for this record; it is sent again next run"
-
-
 def _props(row: dict[str, str]) -> dict[str, str]:
     # The match value is written as a property too (not the record id, which HubSpot
     # assigns), so each result names the input it answers.
     return {k: v for k, v in row.items() if k != RECORD_ID}
 
 
-def _errors_by(doc: dict[str, Any], context_key: str, *, fold: bool) -> dict[str, str]:
-    """HubSpot's per-input errors (207) by the input they name in their context."""
-    out: dict[str, str] = {}
+def _outcome(doc: dict[str, Any], idents: list[str],
+             result_ident: Callable[[dict[str, Any]], str], context_key: str, *, fold: bool
+             ) -> _Outcome:
+    """Per input (by ``idents``), HubSpot's error for it or None (accepted).
+
+    Every input is in ``results`` or in ``errors``; errors name their inputs in
+    their ``context``. An error that names none is matched by elimination: it
+    goes to the inputs no result answers.
+    """
+    named: dict[str, str] = {}
+    unnamed: list[str] = []
     for error in doc.get("errors") or []:
         message = redact(f"{error.get('category', 'ERROR')}: {error.get('message', '')}")
-        for ident in (error.get("context") or {}).get(context_key) or []:
-            out[_fold(str(ident), fold)] = message
+        owners = (error.get("context") or {}).get(context_key) or []
+        for ident in owners:
+            named[_fold(str(ident), fold)] = message
+        if not owners:
+            unnamed.append(message)
+    answered = {_fold(result_ident(r), fold) for r in doc.get("results") or []}
+    out: _Outcome = []
+    for ident in (_fold(i, fold) for i in idents):
+        if ident in named:
+            out.append(named[ident])
+        elif unnamed and ident not in answered:
+            out.append(unnamed[0])
+        else:
+            out.append(None)
     return out
 
 
