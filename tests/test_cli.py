@@ -315,8 +315,13 @@ def test_sandbox_hubspot_checks_requests_against_hubspots_openapi() -> None:
         props = client.get("/crm/v3/properties/contacts")
         assert props.status_code == 200
         assert "email" in {p["name"] for p in props.json()["results"]}
+        created = client.post("/crm/v3/properties/contacts", json={
+            "name": "score", "label": "Score", "type": "number", "fieldType": "number",
+            "groupName": "contactinformation"})
+        assert created.status_code == 201 and created.json()["hubspotDefined"] is False
         ok = client.post("/crm/v3/objects/contacts/batch/upsert", json={"inputs": [
-            {"id": "ada@example.com", "idProperty": "email", "properties": {"firstname": "Ada"}}]})
+            {"id": "ada@example.com", "idProperty": "email",
+             "properties": {"firstname": "Ada", "score": "7"}}]})
         assert ok.status_code == 200 and ok.json()["results"][0]["new"] is True
         bad = client.post("/crm/v3/objects/contacts/batch/create",
                           json={"inputs": [{"properties": {"firstname": 7}}]})

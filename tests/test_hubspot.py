@@ -246,3 +246,11 @@ def test_a_207_error_naming_no_input_goes_to_the_inputs_no_result_answers() -> N
     outcome = _outcome(doc, ["ada@example.com", "bob@example.com", "eve@example.com"],
                        lambda r: str(r["properties"]["email"]), "ids", fold=True)
     assert outcome == [None, "OBJECT_NOT_FOUND: gone", "VALIDATION_ERROR: bad"]
+
+
+def test_a_secondly_429_waits_and_retries(project_dir: Path, portal: HubSpotSandbox) -> None:
+    setup(project_dir, portal, fields={"name": "name"})
+    portal.throttle_next(1, "SECONDLY")
+    summary = run(project_dir)
+    assert summary["status"] == "succeeded" and len(companies(portal)) == 250
+    assert portal.throttled == ["SECONDLY"]

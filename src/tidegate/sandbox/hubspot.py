@@ -1,7 +1,8 @@
 """A local HubSpot portal that follows HubSpot's CRM v3 contract, checked against its OpenAPI.
 
 It owns the server side of what the HubSpot destination talks to: the
-properties endpoint (``GET /crm/v3/properties/{objectType}``), the batch
+properties endpoint (``GET /crm/v3/properties/{objectType}``, and ``POST`` to
+create a custom property), the batch
 object endpoints (``create``, ``read``, ``update``, ``upsert``, ``archive``)
 and a paged object listing, behind a private-app bearer token. Records live in
 memory, one table per object type (contacts, companies, deals and any custom
@@ -50,7 +51,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -95,6 +96,7 @@ class Property:
     calculated: bool = False
     label: str = ""
     group: str = "tidegate"
+    hubspot_defined: bool = False  # one of HubSpot's default properties
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -125,12 +127,12 @@ class Property:
             "groupName": self.group, "displayOrder": -1, "hidden": False,
             "hasUniqueValue": self.unique, "calculated": self.calculated,
             "formField": not (self.read_only or self.calculated),
-            "hubspotDefined": self.group != "tidegate", "archived": False,
+            "hubspotDefined": self.hubspot_defined, "archived": False,
             "createdAt": "2024-01-01T00:00:00.000Z", "updatedAt": "2024-01-01T00:00:00.000Z",
             "options": [{"label": o.title(), "value": o, "displayOrder": i, "hidden": False}
                         for i, o in enumerate(options)],
-            "modificationMetadata": {"archivable": self.group == "tidegate",
-                                     "readOnlyDefinition": self.group != "tidegate",
+            "modificationMetadata": {"archivable": not self.hubspot_defined,
+                                     "readOnlyDefinition": self.hubspot_defined,
                                      "readOnlyValue": self.read_only or self.calculated},
         }
 
@@ -167,9 +169,13 @@ def _system() -> tuple[Property, ...]:
     )
 
 
+def _defaults(*props: Property) -> tuple[Property, ...]:
+    return tuple(replace(p, hubspot_defined=True) for p in props)
+
+
 def default_objects() -> list[ObjectType]:
     """Contacts, companies and deals with a few of HubSpot's default properties."""
-    contacts = ObjectType("contacts", "0-1", (
+    contacts = ObjectType("contacts", "0-1", _defaults(
         *_system(),
         Property("email", "string", "text", group="contactinformation"),
         Property("firstname", "string", "text", group="contactinformation"),
@@ -180,7 +186,7 @@ def default_objects() -> list[ObjectType]:
             "opportunity", "customer", "evangelist", "other")),
         Property("hs_email_optout", "bool", "booleancheckbox", group="contactinformation"),
     ), singular="contact", id_properties=("email",))
-    companies = ObjectType("companies", "0-2", (
+    companies = ObjectType("companies", "0-2", _defaults(
         *_system(),
         Property("name", "string", "text", group="companyinformation"),
         Property("domain", "string", "text", group="companyinformation"),
@@ -190,7 +196,7 @@ def default_objects() -> list[ObjectType]:
         Property("numberofemployees", "number", "number", group="companyinformation"),
         Property("annualrevenue", "number", "number", group="companyinformation"),
     ), singular="company")
-    deals = ObjectType("deals", "0-3", (
+    deals = ObjectType("deals", "0-3", _defaults(
         *_system(),
         Property("dealname", "string", "text", group="dealinformation"),
         Property("amount", "number", "number", group="dealinformation"),
@@ -472,6 +478,8 @@ class HubSpotSandbox(LocalServer):
         obj = self._object_for(segs[3])
         if segs[2] == "properties" and len(segs) == 4 and method == "GET":
             return 200, {"results": [p.describe() for p in obj.properties]}
+        if segs[2] == "properties" and len(segs) == 4 and method == "POST":
+            return self._create_property(obj, body)
         if segs[2] != "objects":
             raise _Refusal(404, "OBJECT_NOT_FOUND", f"resource not found: {path}")
         if len(segs) == 4 and method == "GET":
@@ -497,6 +505,23 @@ class HubSpotSandbox(LocalServer):
                     return self._read(obj, body)
         raise _Refusal(405 if segs[2] == "objects" else 404, "VALIDATION_ERROR",
                        f"{method} {path} is not supported")
+
+    def _create_property(self, obj: ObjectType, body: dict[str, Any]) -> tuple[int, Any]:
+        # What a portal admin does in Settings › Properties, so a sandbox can be set up
+        # for a sync's custom properties with one request each.
+        name = str(body["name"])
+        if obj.prop(name) is not None:
+            raise _Refusal(409, "OBJECT_ALREADY_EXISTS",
+                           f"A property named '{name}' already exists.")
+        if body["type"] not in _TYPES:
+            raise _Refusal(400, "VALIDATION_ERROR", f"Invalid property type {body['type']}")
+        prop = Property(name, str(body["type"]), str(body["fieldType"]),
+                        options=tuple(str(o["value"]) for o in body.get("options") or []),
+                        unique=bool(body.get("hasUniqueValue")), label=str(body["label"]),
+                        group=str(body["groupName"]))
+        self.add_property(obj.name, prop)
+        self.say(f"created property {obj.name}.{name} ({prop.type})")
+        return 201, prop.describe()
 
     # Batch operations ----------------------------------------------------------
 

@@ -280,38 +280,36 @@ class IterableSandbox(LocalServer):
     # Users -----------------------------------------------------------------------
 
     def _bulk_update(self, users: list[dict[str, Any]]) -> dict[str, Any]:
-        failures = _Failures(_FAILED_USERS)
-        ok = 0
-        for item in users:
-            found = self._identify(item, failures, create=True)
-            if found is None:
-                continue
-            user, ident, suffix = found
-            if not self._set_data(user, item.get("dataFields"), ident, suffix, failures,
-                                  merge=bool(item.get("mergeNestedObjects"))):
-                continue
-            ok += 1
+        ok, failures = self._write_users(users, create=True, list_id=None)
         self.say(f"users/bulkUpdate: {ok} updated, {failures.failed} failed")
         return failures.answer(ok)
 
     def _subscribe(self, body: dict[str, Any] | None, path: str) -> dict[str, Any]:
         list_id = self._list_id(body, path)
-        subscribers = _items(body, "subscribers", path)
         existing_only = bool((body or {}).get("updateExistingUsersOnly"))
+        ok, failures = self._write_users(_items(body, "subscribers", path),
+                                         create=not existing_only, list_id=list_id)
+        self.say(f"lists/subscribe {list_id}: {ok} subscribed, {failures.failed} failed")
+        return failures.answer(ok)
+
+    def _write_users(self, items: list[Any], *, create: bool, list_id: int | None
+                     ) -> tuple[int, _Failures]:
+        """Set each item's dataFields (and list membership); how many succeeded, and why
+        the others failed."""
         failures = _Failures(_FAILED_USERS)
         ok = 0
-        for item in subscribers:
-            found = self._identify(item, failures, create=not existing_only)
+        for item in items:
+            found = self._identify(item, failures, create=create)
             if found is None:
                 continue
             user, ident, suffix = found
             if not self._set_data(user, item.get("dataFields"), ident, suffix, failures,
                                   merge=bool(item.get("mergeNestedObjects"))):
                 continue
-            user.lists.add(list_id)
+            if list_id is not None:
+                user.lists.add(list_id)
             ok += 1
-        self.say(f"lists/subscribe {list_id}: {ok} subscribed, {failures.failed} failed")
-        return failures.answer(ok)
+        return ok, failures
 
     def _unsubscribe(self, body: dict[str, Any] | None, path: str) -> dict[str, Any]:
         list_id = self._list_id(body, path)
