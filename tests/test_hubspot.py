@@ -254,3 +254,18 @@ def test_a_secondly_429_waits_and_retries(project_dir: Path, portal: HubSpotSand
     summary = run(project_dir)
     assert summary["status"] == "succeeded" and len(companies(portal)) == 250
     assert portal.throttled == ["SECONDLY"]
+
+
+def test_a_request_refused_for_its_form_rejects_the_batch_without_splitting_it(
+        project_dir: Path, portal: HubSpotSandbox) -> None:
+    portal.max_inputs = 10  # as if HubSpot lowered its cap below the configured 100
+    setup(project_dir, portal, fields={"name": "name"})
+    summary = run(project_dir)
+    assert summary["rejected"] == 250
+    assert sorted(portal.writes("batch/upsert")) == [50, 100, 100]  # one request each
+    assert "Batch input limit exceeded" in next(iter(rows_of(project_dir, summary)))
+
+
+def rows_of(root: Path, summary: dict[str, Any]) -> dict[str, str]:
+    with Project.load(root, env=ENV) as p:
+        return {r["error"]: r["key"] for r in p.show(summary["run_id"])["rows"]}

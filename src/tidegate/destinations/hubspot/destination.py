@@ -198,9 +198,10 @@ class HubSpotDestination(HttpDestination):
         if problem is None:
             doc = response.json() if response.content else {}
             return outcome_of(doc, inputs)
-        if response.status_code in (400, 409) and len(inputs) > 1:
+        if len(inputs) > 1 and _input_at_fault(response):
             # HubSpot refuses a whole batch for one input's value without saying
-            # which: halve it until the inputs at fault stand alone.
+            # which: halve it until the inputs at fault stand alone. Any other
+            # refusal (a malformed request) would refuse every half too.
             half = len(inputs) // 2
             return (self._batch(action, inputs[:half], outcome_of, extra)
                     + self._batch(action, inputs[half:], outcome_of, extra))
@@ -343,6 +344,14 @@ def _outcome(doc: dict[str, Any], idents: list[str],
         else:
             out.append(None)
     return out
+
+
+def _input_at_fault(response: httpx.Response) -> bool:
+    """Whether a refused request names a value of some input (or a record conflict)."""
+    doc = _body(response)
+    category, message = str(doc.get("category", "")), str(doc.get("message", ""))
+    return response.status_code in (400, 409) and (
+        category == "CONFLICT" or message.startswith("Property values were not valid"))
 
 
 def _fold(value: str, fold: bool) -> str:
