@@ -159,7 +159,7 @@ def test_ten_secondly_throttling_waits_and_the_run_completes(project_dir: Path) 
         portal.add_property("companies", Property("tidegate_account_id", "string", "text",
                                                   unique=True))
         setup(project_dir, portal, fields={"name": "name"}, batch_size=25,
-              destination={"concurrency": 4})
+              destination={"concurrency": 2})
         summary = run(project_dir)
         assert summary["status"] == "succeeded", summary
         assert len(companies(portal)) == 250
