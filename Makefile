@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean example
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tidegate demo --dir .tidegate-demo
 
+# make example NAME=reengagement_list | product_usage_to_hubspot (see examples/*/README.md)
+example: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make example NAME=<a folder of examples/>"; exit 2; }
+	$(PY) examples/$(NAME)/run.py
+
 test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -432,6 +432,47 @@ def sandbox_salesforce(
     _guard(False, go)
 
 
+@sandbox_app.command("hubspot")
+def sandbox_hubspot(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8792,
+    token: Annotated[str, typer.Option(
+        "--token", envvar="TIDEGATE_HUBSPOT_TOKEN", help="Private app token to accept.")]
+    = "pat-na1-tidegate-sandbox",
+    burst: Annotated[int, typer.Option(
+        "--burst", help="Requests per 10 seconds before 429 TEN_SECONDLY_ROLLING.")] = 100,
+    daily_limit: Annotated[int, typer.Option(
+        "--daily-limit", help="Requests a day before 429 DAILY.")] = 250_000,
+) -> None:
+    """A local portal that follows HubSpot's CRM v3 contract, every request checked against
+    HubSpot's published OpenAPI documents: properties, batch create/read/update/upsert/archive,
+    207 multi-status, rate limits."""
+    from tidegate.sandbox.hubspot import serve
+
+    def go() -> int:
+        serve(port, token, burst=burst, daily_limit=daily_limit)
+        return EXIT_OK
+
+    _guard(False, go)
+
+
+@sandbox_app.command("iterable")
+def sandbox_iterable(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8793,
+    api_key: Annotated[str, typer.Option(
+        "--api-key", envvar="TIDEGATE_ITERABLE_KEY", help="Api-Key to accept.")]
+    = "tidegate-sandbox-iterable-key",
+) -> None:
+    """A local project that follows Iterable's API: users/bulkUpdate, lists subscribe and
+    unsubscribe, events/trackBulk, failures reported inside a 200, rate limits."""
+    from tidegate.sandbox.iterable import serve
+
+    def go() -> int:
+        serve(port, api_key)
+        return EXIT_OK
+
+    _guard(False, go)
+
+
 def _exit_code(statuses: list[str]) -> int:
     codes = [STATUS_EXIT.get(s, EXIT_FAILED) for s in statuses]
     for code in (EXIT_FAILED, EXIT_HELD, EXIT_REJECTED):

@@ -293,12 +293,19 @@ def _check_destinations(
         cls_or_none = plugins.get(sync.destination)
         if cls_or_none is None:
             continue
-        modes = cls_or_none.capabilities.modes
+        loc = sync_origin[sync_name]
+        try:
+            modes = cls_or_none.modes_for(sync.object)
+        except ValueError as exc:
+            problems.append(Problem(
+                str(exc), file=loc.doc.file, line=loc.doc.line_of((*loc.path, "object")),
+                key=".".join(map(str, (*loc.path, "object"))) or "object"))
+            continue
         if sync.mode not in modes:
-            loc = sync_origin[sync_name]
             problems.append(Problem(
                 f"{cls_or_none.kind} destination '{sync.destination}' does not support "
-                f"mode '{sync.mode}'",
+                f"mode '{sync.mode}'" + (f" for object {sync.object}"
+                                         if modes != cls_or_none.capabilities.modes else ""),
                 file=loc.doc.file, line=loc.doc.line_of((*loc.path, "mode")),
                 key=".".join(map(str, (*loc.path, "mode"))) or "mode",
                 fix=f"use one of: {', '.join(sorted(modes))}"))

@@ -162,6 +162,13 @@ class Destination(ABC):
         self.config = config
         self.target = target
 
+    @classmethod
+    def modes_for(cls, object_name: str) -> frozenset[Mode]:
+        """The modes a sync to ``object_name`` may use: the declared ones, unless a
+        destination's objects differ (an audience list, an event stream). Raises
+        ValueError, with the fix in its message, for an object that cannot exist."""
+        return cls.capabilities.modes
+
     def limits(self) -> Capabilities:
         """The declared capabilities, with any setting of the same name applied.
 
