@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tidegate.config import DuckDBSourceConfig, SQLAlchemySourceConfig, SQLiteSourceConfig
+from tidegate.config import (
+    BigQuerySourceConfig,
+    DuckDBSourceConfig,
+    SnowflakeSourceConfig,
+    SQLAlchemySourceConfig,
+    SQLiteSourceConfig,
+)
 from tidegate.sources.base import ModelQueryError, Source
 
 __all__ = ["ModelQueryError", "Source", "open_source"]
@@ -17,7 +23,11 @@ __all__ = ["ModelQueryError", "Source", "open_source"]
 
 def open_source(
     name: str,
-    config: DuckDBSourceConfig | SQLiteSourceConfig | SQLAlchemySourceConfig,
+    config: DuckDBSourceConfig
+    | SQLiteSourceConfig
+    | SQLAlchemySourceConfig
+    | SnowflakeSourceConfig
+    | BigQuerySourceConfig,
     root: Path,
 ) -> Source:
     """Open the source ``name`` described by ``config``; paths are relative to ``root``."""
@@ -25,6 +35,14 @@ def open_source(
         from tidegate.sources.duckdb import DuckDBSource
 
         return DuckDBSource(name, config, root)
+    if isinstance(config, SnowflakeSourceConfig):
+        from tidegate.sources.snowflake import SnowflakeSource
+
+        return SnowflakeSource(name, config, root)
+    if isinstance(config, BigQuerySourceConfig):
+        from tidegate.sources.bigquery import BigQuerySource
+
+        return BigQuerySource(name, config, root)
     from tidegate.sources.sqlalchemy import SQLAlchemySource
 
     return SQLAlchemySource(name, config, root)
