@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+# dbt for the tests lives in its own venv: it pins many libraries, which must not move ours.
+DBT_VENV ?= .venv-dbt
+DBT_STAMP := $(DBT_VENV)/.installed
 
 .PHONY: demo test bench lint clean
 
@@ -12,11 +15,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
 	touch $(STAMP)
 
+$(DBT_STAMP): tests/dbt/requirements.txt
+	$(PYTHON) -m venv $(DBT_VENV)
+	$(DBT_VENV)/bin/pip install -q --disable-pip-version-check -r tests/dbt/requirements.txt
+	touch $(DBT_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/tidegate demo --dir .tidegate-demo
 
-test: $(STAMP)
-	$(PY) -m pytest
+test: $(STAMP) $(DBT_STAMP)
+	TIDEGATE_TEST_DBT=$(abspath $(DBT_VENV))/bin/dbt $(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
@@ -26,4 +34,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py --out docs/performance.md
 
 clean:
-	rm -rf $(VENV) .tidegate-demo .bench
+	rm -rf $(VENV) $(DBT_VENV) .tidegate-demo .bench

@@ -84,6 +84,7 @@ class SnowflakeSourceConfig(Strict):
     host: str | None = None
     port: int | None = Field(default=None, gt=0, lt=65536)
     protocol: Literal["https", "http"] = "https"
+    network_timeout: int | None = Field(default=None, gt=0)  # seconds, per request
     read_only: bool = False
 
     @model_validator(mode="after")

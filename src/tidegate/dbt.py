@@ -214,7 +214,8 @@ def _stale(project_dir: Path, node: dict[str, Any]) -> str | None:
         text = path.read_text(encoding="utf-8")
     except OSError:
         return f"the dbt manifest is stale: {rel} (model '{node.get('name')}') no longer exists"
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() != checksum.get("checksum"):
+    # dbt hashes the file's text with surrounding whitespace stripped.
+    if hashlib.sha256(text.strip().encode("utf-8")).hexdigest() != checksum.get("checksum"):
         return (f"the dbt manifest is stale: {rel} changed after it was built, so the "
                 f"relation and tests it gives for model '{node.get('name')}' may be wrong")
     return None

@@ -397,6 +397,10 @@ class WarehouseDiff:
         # PostgreSQL deletes a commit's keys through the index; DuckDB and Snowflake scan.
         pk = " primary key" if self.wh.kind == "postgres" else ""
         self.wh.execute(f"create table if not exists {self.table} (key varchar{pk}, hash bigint)")
+        # Made here, outside the transactions that use it: fakesnow cannot create a table
+        # inside a transaction that wrote.
+        self.wh.execute(f"create temporary table if not exists "
+                        f"{self.wh.temp('delta').split('.')[-1]} (key varchar, hash bigint)")
         while True:
             local = state.current_version(self.store, self.sync_name)
             label = self._label()
@@ -451,8 +455,6 @@ class WarehouseDiff:
         stale = table if fresh is None else table.filter(pc.invert(fresh))
         temp = self.wh.temp("delta")
         if stale.num_rows:
-            self.wh.execute(f"create temporary table if not exists {temp.split('.')[-1]} "
-                            "(key varchar, hash bigint)")
             self.wh.execute(f"delete from {temp}")
             self.wh.load(temp, stale["key"].combine_chunks(), stale["hash"].combine_chunks())
             self.wh.execute(f"delete from {self.table} where key in (select key from {temp})")

@@ -62,7 +62,7 @@ def connect_args(config: SnowflakeSourceConfig, root: Path) -> dict[str, Any]:
     """Keyword arguments for ``snowflake.connector.connect``."""
     args: dict[str, Any] = {"account": config.account, "user": config.user,
                             "application": "tidegate"}
-    for key in ("warehouse", "database", "role", "host", "port"):
+    for key in ("warehouse", "database", "role", "host", "port", "network_timeout"):
         value = getattr(config, key)
         if value is not None:
             args[key] = value
