@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-
 import scale
 
 START, END = "<!-- warehouse-diff -->", "<!-- /warehouse-diff -->"

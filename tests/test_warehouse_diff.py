@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import duckdb
 import psycopg
@@ -39,7 +39,7 @@ class WarehouseDiffWebhook(WebhookUnderTest):
 class RemoteKitEnv(KitEnv):
     """The kit's project with its model in another warehouse."""
 
-    source: dict[str, Any] = {}
+    source: ClassVar[dict[str, Any]] = {}
 
     def write_project(self, mode: str, syncs: dict[str, str] | None = None,
                       **options: Any) -> None:

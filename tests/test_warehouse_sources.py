@@ -134,7 +134,7 @@ def test_bigquery_urls_parse_as_sqlalchemy_bigquery_reads_them(tmp_path: Path) -
     bare = BigQuerySourceConfig.model_validate({"type": "bigquery", "project": "p"})
     assert bigquery_url(bare, tmp_path) == "bigquery://p"
     missing = config.model_copy(update={"credentials_path": "nope.json"})
-    with pytest.raises(ConfigError, match="credentials file nope.json does not exist"):
+    with pytest.raises(ConfigError, match=r"credentials file nope\.json does not exist"):
         BigQuerySource("bq", missing, tmp_path)
 
 
