@@ -250,7 +250,7 @@ class SyncConfig(Strict):
     def _model_given_once(self) -> SyncConfig:
         given = [k for k in ("query", "table", "model") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of `query`, `table` or `model: {dbt: NAME}` "
+            raise ValueError("give exactly one of `query` or `table` (or `model: {dbt: NAME}`) "
                              "as the model")
         if self.primary_key is None and self.model is None:
             raise ValueError("required key 'primary_key' is missing; add `primary_key: ...`")
@@ -606,7 +606,14 @@ def _validate_sync(name: str, loc: Located, problems: list[Problem]) -> SyncConf
     try:
         return SyncConfig.model_validate(body)
     except ValidationError as exc:
-        problems += problems_from(exc, loc.doc, loc.path, SyncConfig)
+        found = problems_from(exc, loc.doc, loc.path, SyncConfig)
+        if "primary_key" not in body and "model" not in body and not any(
+                "primary_key" in p.message for p in found):
+            # Optional in the model (a dbt model can give it), so pydantic does not say so.
+            found.append(Problem("required key 'primary_key' is missing", loc.doc.file,
+                                 loc.doc.line_of(loc.path), ".".join(map(str, loc.path)) or None,
+                                 "add `primary_key: ...`"))
+        problems += found
         return None
 
 
