@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -94,17 +93,6 @@ class SnowflakeKitEnv(RemoteKitEnv):
                                 rows[start:start + 5000])
         finally:
             con.close()
-
-
-@pytest.fixture(scope="session")
-def snowflake_server() -> Iterator[dict[str, Any]]:
-    import fakesnow
-
-    logging.getLogger("uvicorn").setLevel(logging.WARNING)
-    logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
-    with fakesnow.server() as kwargs:
-        kwargs["network_timeout"] = 30
-        yield kwargs
 
 
 class TestDuckDBWarehouseDiff(ConformanceKit, RejectionScenarios, TransientScenarios):

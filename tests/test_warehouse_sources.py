@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import SECRET
 from helpers import cli
-from test_warehouse_diff import snowflake_server  # noqa: F401 - the session's fakesnow
 from tidegate.config import BigQuerySourceConfig, SnowflakeSourceConfig
 from tidegate.errors import ConfigError
 from tidegate.sandbox.webhook import WebhookReceiver
@@ -39,7 +38,7 @@ def _project(root: Path, sources: dict[str, Any], syncs: dict[str, Any], url: st
 
 
 def test_a_snowflake_model_syncs_with_password_auth_from_env(
-    project_dir: Path, receiver: WebhookReceiver, snowflake_server: dict[str, Any]  # noqa: F811
+    project_dir: Path, receiver: WebhookReceiver, snowflake_server: dict[str, Any]
 ) -> None:
     import snowflake.connector
 
