@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+# dbt for the tests lives in its own venv: it pins many libraries, which must not move ours.
+DBT_VENV ?= .venv-dbt
+DBT_STAMP := $(DBT_VENV)/.installed
 
 .PHONY: demo test bench lint clean example
 
@@ -12,6 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
 	touch $(STAMP)
 
+$(DBT_STAMP): tests/dbt/requirements.txt
+	$(PYTHON) -m venv $(DBT_VENV)
+	$(DBT_VENV)/bin/pip install -q --disable-pip-version-check -r tests/dbt/requirements.txt
+	touch $(DBT_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/tidegate demo --dir .tidegate-demo
 
@@ -20,8 +28,8 @@ example: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make example NAME=<a folder of examples/>"; exit 2; }
 	$(PY) examples/$(NAME)/run.py
 
-test: $(STAMP)
-	$(PY) -m pytest
+test: $(STAMP) $(DBT_STAMP)
+	TIDEGATE_TEST_DBT=$(abspath $(DBT_VENV))/bin/dbt $(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
@@ -31,4 +39,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py --out docs/performance.md
 
 clean:
-	rm -rf $(VENV) .tidegate-demo .bench
+	rm -rf $(VENV) $(DBT_VENV) .tidegate-demo .bench

@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE))
 
 import peer  # noqa: E402
 import scale  # noqa: E402
+import warehouse  # noqa: E402
 from receiver import CountingReceiver  # noqa: E402
 
 
@@ -173,6 +174,9 @@ def main() -> None:
         print(f"scale: {rows:,} rows …", flush=True)
         scales.append(scale.measure(rows))
         print(scales[-1], flush=True)
+    print("warehouse diff: 10,000,000 rows, local store and warehouse …", flush=True)
+    in_warehouse = warehouse.measure(10_000_000)
+    print(in_warehouse, flush=True)
     print("peer: tidegate and drt-core …", flush=True)
     drt = peer.ensure_drt_venv(HERE.parent / ".bench" / "drt-venv")
     receiver = CountingReceiver().start()
@@ -182,6 +186,7 @@ def main() -> None:
         receiver.stop()
     print(versus, flush=True)
     args.out.write_text(render(scales, versus), encoding="utf-8")
+    warehouse.write_section(args.out, warehouse.render(in_warehouse))
     print(f"wrote {args.out}")
 
 

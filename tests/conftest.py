@@ -21,6 +21,19 @@ def postgres() -> Iterator[Any]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def snowflake_server() -> Iterator[dict[str, Any]]:
+    import logging
+
+    import fakesnow
+
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
+    with fakesnow.server() as kwargs:
+        kwargs["network_timeout"] = 30
+        yield kwargs
+
+
 @pytest.fixture
 def pg_url(postgres: Any) -> str:
     """A fresh, empty database on the session's server."""

@@ -194,13 +194,23 @@ def run(
     = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Skip the guardrails (the run records that it was forced).")] = False,
+    select: Annotated[list[str] | None, typer.Option(
+        "--select", "-s", help="Syncs whose dbt models match, dbt-style: tag:hourly, a model "
+        "name; spaces mean any, commas all.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan, judge and deliver syncs, with a progress bar and a summary table."""
     proj = _load(project, as_json)
     names = sorted(proj.syncs) if all_syncs else list(syncs or [])
+    if select:
+        from tidegate.dbt import select as select_syncs
+
+        try:
+            names += [n for n in select_syncs(proj.syncs, select) if n not in names]
+        except ConfigError as exc:
+            _fail(exc, as_json)
     if not names:
-        _fail(ConfigError("name at least one sync, or pass --all"), as_json)
+        _fail(ConfigError("name at least one sync, or pass --all or --select"), as_json)
 
     def go() -> int:
         results = []

@@ -323,11 +323,14 @@ class Planner:
         self.memory_limit = memory_limit
 
     def plan(
-        self, model: pa.RecordBatchReader | AttachedModel, state: pa.Table, *, full: bool = False
+        self, model: pa.RecordBatchReader | AttachedModel, state: pa.Table, *, full: bool = False,
+        hash_column: str | None = None,
     ) -> Plan:
+        """``hash_column`` names a model column that already holds each row's hash (the
+        warehouse diff's), used instead of hashing here."""
         con, workdir = self._connect()
         try:
-            return self._plan(con, workdir, model, state, full)
+            return self._plan(con, workdir, model, state, full, hash_column)
         except BaseException:
             con.close()
             if workdir is not None:
@@ -357,10 +360,11 @@ class Planner:
         model: pa.RecordBatchReader | AttachedModel,
         state: pa.Table,
         full: bool,
+        hash_column: str | None = None,
     ) -> Plan:
         sync = self.sync
         source_sql, schema = self._open_model(con, model)
-        columns = list(schema.names)
+        columns = [c for c in schema.names if c != hash_column]
         keys = sync.key_columns
         match = sync.match_columns
         mapping = self._mapping(columns)
@@ -389,6 +393,8 @@ class Planner:
         null_key = " or ".join(f"{_q(k)} is null" for k in keys)
         select = ", ".join(f"{expr} as {_q(dst)}" for dst, expr in exprs.items())
         fields_struct = ", ".join(f"{_q(f)} := {exprs[f]}" for f in mapped)
+        hashed = (f"cast({_q(hash_column)} as bigint)" if hash_column else
+                  f"cast(hash(struct_pack({fields_struct}), $sig) >> 1 as bigint)")
         try:
             con.execute(
                 f"""
@@ -396,11 +402,11 @@ class Planner:
                 select {key_json} as __key,
                        case when {null_key} then 'primary key ({", ".join(keys)}) is null' end
                            as __invalid,
-                       cast(hash(struct_pack({fields_struct}), $sig) >> 1 as bigint) as __hash,
+                       {hashed} as __hash,
                        {select}
                 from {source_sql}
                 """,
-                {"sig": signature},
+                {} if hash_column else {"sig": signature},
             )
         except duckdb.Error as exc:
             if isinstance(model, AttachedModel):

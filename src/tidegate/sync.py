@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from tidegate import audit, guard, runs, state
-from tidegate.config import Located, SyncConfig
+from tidegate.config import BigQuerySourceConfig, Located, SnowflakeSourceConfig, SyncConfig
 from tidegate.deliver import Deliverer
 from tidegate.destinations.base import BatchResult, Destination
 from tidegate.errors import ConfigError, FatalError, Problem, TidegateError
@@ -28,6 +28,7 @@ from tidegate.redact import redact
 from tidegate.revert import Revert
 from tidegate.revert import prepare as prepare_revert
 from tidegate.sources import ModelQueryError, Source
+from tidegate.warehouse_diff import WarehouseDiff, plan_in_warehouse
 
 if TYPE_CHECKING:
     from tidegate.project import Project
@@ -40,16 +41,17 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
     sync = project.sync(name)
     timings: dict[str, float] = {}
     try:
-        plan, source, known = _make_plan(project, name, sync, full, NullReporter(), timings)
+        plan, source, known, differ = _make_plan(project, name, sync, full, NullReporter(),
+                                                 timings)
     except ConfigError as exc:
         raise _locate(exc, project, name) from None
     try:
-        if not known.from_snapshot:
+        if differ is None and not known.from_snapshot:
             state.save_snapshot(project.snapshot_dir, project.store, name, known.version,
                                 known.table)
         latest = runs.list_runs(project.store, name, 1)
         verdict = guard.judge(
-            plan, sync.guardrails, known=known.table.num_rows,
+            plan, sync.guardrails, known=_known_rows(known, differ),
             history=runs.recent_counts(project.store, name, _history_runs(sync),
                                        before=(latest[0].id + 1) if latest else 1),
             old_records=lambda keys: state.records_of(project.store, name, keys),
@@ -70,6 +72,8 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
     finally:
         plan.close()
         source.close()
+        if differ is not None:
+            differ.finish()
 
 
 def run_sync(
@@ -114,12 +118,15 @@ def run_sync(
     destination: Destination | None = None
     progress: Progress | None = None
     try:
-        plan, source, known = _make_plan(project, name, sync, full, reporter, timings, undo)
-        # A revert plans against part of state: its plan cannot be kept as a snapshot.
-        progress = Progress(known.version, whole=undo is None)
+        plan, source, known, differ = _make_plan(project, name, sync, full, reporter, timings,
+                                                 undo)
+        # A revert, or a plan made in the warehouse, saw only part of state: its plan
+        # cannot be kept as a snapshot (the warehouse keeps its own copy of state).
+        progress = Progress(known.version, whole=undo is None and differ is None,
+                            warehouse=differ)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
         verdict = _judge(project, name, sync, plan, known, run_id, force=force, held=held,
-                         synthetic=undo is not None)
+                         synthetic=undo is not None, known_rows=_known_rows(known, differ))
         if undo is not None:
             verdict.notes[:0] = [f"reverts run {undo.of}", *undo.notes]
             runs.record_conflicts(store, run_id, name, undo.conflicts)
@@ -161,6 +168,8 @@ def run_sync(
             after = _save_snapshot(project, name, plan, progress)
             if after is not None and progress.kept:
                 _compact_if_due(project, name, after)
+        if progress is not None and progress.warehouse is not None:
+            progress.warehouse.after_run(project, compact=progress.exact and bool(progress.kept))
         report = _report(destination)
         for closeable in (plan, source, destination):
             if closeable is not None:
@@ -190,6 +199,7 @@ def _judge(
     force: bool,
     held: runs.RunRecord | None,
     synthetic: bool = False,
+    known_rows: int | None = None,
 ) -> Verdict:
     if force:
         return Verdict(held=False, forced=True,
@@ -202,7 +212,8 @@ def _judge(
             f"({held.finished_at.isoformat() if held.finished_at else 'earlier'})",
             *before.notes])
     verdict = guard.judge(
-        plan, sync.guardrails, known=known.table.num_rows,
+        plan, sync.guardrails,
+        known=known.table.num_rows if known_rows is None else known_rows,
         history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id),
         old_records=lambda keys: state.records_of(project.store, name, keys),
         model_rows=not synthetic,
@@ -230,8 +241,10 @@ def _write_back(project: Project) -> None:
     from tidegate.writeback import catch_up
 
     config = project.config.writeback
+    source = project.settings.sources[config.source]
+    assert not isinstance(source, SnowflakeSourceConfig | BigQuerySourceConfig)  # config.py
     try:
-        written = catch_up(config, project.settings.sources[config.source], project.root,
+        written = catch_up(config, source, project.root,
                            project.store, project=project.name)
         log.info("wrote %s run(s) back to source %s", len(written), config.source)
     except TidegateError as exc:
@@ -253,6 +266,11 @@ class Progress:
     dropped: list[pa.Array] = field(default_factory=list)
     exact: bool = True  # False once a commit may or may not have happened
     whole: bool = True  # False when the plan saw only part of state (a revert)
+    warehouse: WarehouseDiff | None = None  # keeps the warehouse's copy of state current
+
+
+def _known_rows(known: state.Known, differ: WarehouseDiff | None) -> int:
+    return differ.known_rows if differ is not None else int(known.table.num_rows)
 
 
 def _save_snapshot(
@@ -289,11 +307,24 @@ def _make_plan(
     reporter: Reporter,
     timings: dict[str, float],
     undo: Revert | None = None,
-) -> tuple[Plan, Source, state.Known]:
+) -> tuple[Plan, Source, state.Known, WarehouseDiff | None]:
     started = time.perf_counter()
     reporter.phase("planning")
     source = project.source(sync.source)
+    differ: WarehouseDiff | None = None
     try:
+        planner = Planner(
+            name, sync, workdir=project.root / ".tidegate" / "work",
+            memory_limit=project.memory_limit,
+        )
+        if undo is None and sync.diff == "warehouse":
+            log.info("planning %s in source %s", name, sync.source)
+            made = plan_in_warehouse(project, name, sync, source, planner, full=full)
+            if made is not None:
+                plan, known, differ = made
+                timings["plan_s"] = round(time.perf_counter() - started, 3)
+                timings["warehouse_bytes_out"] = differ.pulled.bytes
+                return plan, source, known, differ
         known = state.read_hashes(project.store, name, project.snapshot_dir)
         against = known.table
         model: pa.RecordBatchReader | AttachedModel
@@ -303,10 +334,6 @@ def _make_plan(
         else:  # the model's types, from a query that reads no rows
             schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
             model, against = undo.model(sync, schema), undo.state
-        planner = Planner(
-            name, sync, workdir=project.root / ".tidegate" / "work",
-            memory_limit=project.memory_limit,
-        )
         plan = planner.plan(model, against, full=full)
     except ModelQueryError as exc:
         source.close()
@@ -322,7 +349,7 @@ def _make_plan(
         source.close()
         raise
     timings["plan_s"] = round(time.perf_counter() - started, 3)
-    return plan, source, known
+    return plan, source, known, differ
 
 
 def _deliver(
@@ -355,6 +382,8 @@ def _deliver(
         progress.dropped.append(done.dropped)
         progress.version = done.version
         progress.exact = True
+        if progress.warehouse is not None:
+            progress.warehouse.advance(acknowledged, done.version)
         for out, rejected in acknowledged:
             reporter.advance(len(out.batch))
             log.info("batch %s (%s, %s records, %s rejected) acknowledged",
