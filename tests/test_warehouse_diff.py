@@ -191,7 +191,8 @@ def test_a_copy_left_behind_by_a_crash_is_caught_up_from_the_store(kit: KitEnv) 
         blob = tx.execute("select keys from tidegate_state_segments where sync = 'items' "
                           "order by seq desc limit 1")[0][0]
     lost = segments.decode(blob)["key"].to_pylist()  # the last commit's keys
-    assert len(lost) == 100
+    # A commit holds every batch acknowledged while the one before it was written.
+    assert lost and len(lost) % 100 == 0 and len(lost) < 2000
     with duckdb.connect(str(kit.warehouse)) as con:
         con.execute(f"delete from {copy_table('items')} where key in "
                     f"({', '.join(repr(k) for k in lost)})")

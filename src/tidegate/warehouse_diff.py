@@ -145,12 +145,16 @@ class DuckDBWarehouse(Warehouse):
     kind = "duckdb"
     temp_schema = "temp."
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, memory_limit: str | None = None) -> None:
         try:
             self.con = duckdb.connect(path)
         except duckdb.Error as exc:
             raise Unsupported(f"the DuckDB file cannot be opened for writing ({exc})") from exc
         self.con.execute("set preserve_insertion_order = false")
+        if memory_limit is not None:
+            # The diff joins the whole model with the copy of state: within tidegate's
+            # limit it spills next to the file instead of growing the process.
+            self.con.execute(f"set memory_limit = '{memory_limit}'")
 
     def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, params).fetchall()
@@ -348,7 +352,9 @@ class SnowflakeWarehouse(Warehouse):
         return f"(hash({values}{sep}{self.literal(signature)}) % 4611686018427387904)"
 
 
-def open_warehouse(config: Any, source: Any, root: Path) -> Warehouse:
+def open_warehouse(
+    config: Any, source: Any, root: Path, memory_limit: str | None = None
+) -> Warehouse:
     """A writable connection to the sync's source, or Unsupported saying why not."""
     if getattr(config, "read_only", False):
         raise Unsupported("the source is marked `read_only: true`")
@@ -356,7 +362,7 @@ def open_warehouse(config: Any, source: Any, root: Path) -> Warehouse:
         if config.path == ":memory:":
             raise Unsupported("an in-memory DuckDB source keeps nothing between runs")
         path = Path(config.path)
-        return DuckDBWarehouse(str(path if path.is_absolute() else root / path))
+        return DuckDBWarehouse(str(path if path.is_absolute() else root / path), memory_limit)
     if isinstance(config, SQLAlchemySourceConfig) and config.type in ("postgres", "postgresql"):
         return PostgresWarehouse(config.url.get_secret_value())
     if isinstance(config, SnowflakeSourceConfig):
@@ -688,7 +694,8 @@ def plan_in_warehouse(
     """Plan ``name`` in its warehouse; None (with the reason logged) when it cannot be."""
     differ: WarehouseDiff | None = None
     try:
-        wh = open_warehouse(project.settings.sources[sync.source], source, project.root)
+        wh = open_warehouse(project.settings.sources[sync.source], source, project.root,
+                            project.memory_limit)
         differ = WarehouseDiff(name, sync, project.store, wh)
         version = differ.prepare()
         plan = differ.plan(planner, full=full)
