@@ -27,6 +27,7 @@ from tidegate.progress import NullReporter, Reporter
 from tidegate.redact import redact
 from tidegate.revert import Revert
 from tidegate.revert import prepare as prepare_revert
+from tidegate.shard import Shard
 from tidegate.sources import ModelQueryError, Source
 
 if TYPE_CHECKING:
@@ -35,23 +36,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidegate")
 
 
-def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, Any]:
-    """The plan of ``name`` with samples; nothing is sent or recorded."""
+def plan_only(project: Project, name: str, *, full: bool = False,
+              shard: Shard | None = None) -> dict[str, Any]:
+    """The plan of ``name`` (of one shard of it) with samples; nothing is sent or recorded."""
     sync = project.sync(name)
     timings: dict[str, float] = {}
     try:
-        plan, source, known = _make_plan(project, name, sync, full, NullReporter(), timings)
+        plan, source, known = _make_plan(project, name, sync, full, NullReporter(), timings,
+                                         shard=shard)
     except ConfigError as exc:
         raise _locate(exc, project, name) from None
     try:
-        if not known.from_snapshot:
+        if not known.from_snapshot and shard is None:
             state.save_snapshot(project.snapshot_dir, project.store, name, known.version,
                                 known.table)
         latest = runs.list_runs(project.store, name, 1)
         verdict = guard.judge(
             plan, sync.guardrails, known=known.table.num_rows,
             history=runs.recent_counts(project.store, name, _history_runs(sync),
-                                       before=(latest[0].id + 1) if latest else 1),
+                                       before=(latest[0].id + 1) if latest else 1,
+                                       shard=shard),
             old_records=lambda keys: state.records_of(project.store, name, keys),
         )
         return {
@@ -64,6 +68,7 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
             "invalid_reasons": plan.invalid_reasons,
             "samples": plan.samples(),
             "timings": timings,
+            **({"shard": {"index": shard.index, "count": shard.count}} if shard else {}),
         }
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc
@@ -81,6 +86,7 @@ def run_sync(
     force: bool = False,
     approve: int | None = None,
     revert_of: int | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Run ``name`` once; return its summary. Config problems found on the way raise.
 
@@ -89,6 +95,8 @@ def run_sync(
     ``approve`` up again: it is planned again and delivered if the plan is the one
     that was held, or judged afresh if the model or state changed since.
     ``revert_of`` plans, instead of the model, putting back what that run changed.
+    ``shard`` plans and delivers only the keys that shard owns (see ``tidegate.shard``);
+    the other shards of the split may run at the same time.
     """
     sync = project.sync(name)
     store = project.store
@@ -100,11 +108,11 @@ def run_sync(
     if approve is None:
         run_id = runs.start_run(
             store, sync=name, mode=sync.mode, destination=sync.destination,
-            object=sync.object, full=full, revert_of=revert_of,
+            object=sync.object, full=full, revert_of=revert_of, shard=shard,
         )
     else:
         held = runs.resume_held(store, approve)
-        run_id, full = held.id, held.full
+        run_id, full, shard = held.id, held.full, held.shard
     log.info("run %s of sync %s started", run_id, name)
     timings: dict[str, float] = {}
     status, error = "failed", None
@@ -114,12 +122,14 @@ def run_sync(
     destination: Destination | None = None
     progress: Progress | None = None
     try:
-        plan, source, known = _make_plan(project, name, sync, full, reporter, timings, undo)
-        # A revert plans against part of state: its plan cannot be kept as a snapshot.
-        progress = Progress(known.version, whole=undo is None)
+        plan, source, known = _make_plan(project, name, sync, full, reporter, timings, undo,
+                                         shard=shard)
+        # A revert or a shard plans against part of state: its plan cannot be kept as a
+        # snapshot of the whole (and other shards commit while a shard runs).
+        progress = Progress(known.version, whole=undo is None and shard is None)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
         verdict = _judge(project, name, sync, plan, known, run_id, force=force, held=held,
-                         synthetic=undo is not None)
+                         synthetic=undo is not None, shard=shard)
         if undo is not None:
             verdict.notes[:0] = [f"reverts run {undo.of}", *undo.notes]
             runs.record_conflicts(store, run_id, name, undo.conflicts)
@@ -160,7 +170,11 @@ def run_sync(
         if plan is not None and progress is not None and progress.exact and progress.whole:
             after = _save_snapshot(project, name, plan, progress)
             if after is not None and progress.kept:
-                _compact_if_due(project, name, after)
+                _compact_if_due(project, name, after.num_rows, after)
+        elif shard is not None and plan is not None and progress is not None and progress.kept:
+            # The shards' keys are spread evenly: the whole state is about count times this one's.
+            c = plan.counts
+            _compact_if_due(project, name, (c.unchanged + c.changed + c.added) * shard.count)
         report = _report(destination)
         for closeable in (plan, source, destination):
             if closeable is not None:
@@ -190,6 +204,7 @@ def _judge(
     force: bool,
     held: runs.RunRecord | None,
     synthetic: bool = False,
+    shard: Shard | None = None,
 ) -> Verdict:
     if force:
         return Verdict(held=False, forced=True,
@@ -203,7 +218,8 @@ def _judge(
             *before.notes])
     verdict = guard.judge(
         plan, sync.guardrails, known=known.table.num_rows,
-        history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id),
+        history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id,
+                                   shard=shard),
         old_records=lambda keys: state.records_of(project.store, name, keys),
         model_rows=not synthetic,
     )
@@ -268,14 +284,17 @@ def _save_snapshot(
     return after
 
 
-def _compact_if_due(project: Project, name: str, after: pa.Table) -> None:
+def _compact_if_due(project: Project, name: str, live: int, after: pa.Table | None = None
+                    ) -> None:
+    """Compact when due; keep ``after`` (the whole state this run left) as the snapshot."""
     try:
-        if state.compaction_due(project.store, name, after.num_rows):
+        if state.compaction_due(project.store, name, live):
             spill = project.root / ".tidegate" / "work"
             spill.mkdir(parents=True, exist_ok=True)
             written, version = state.compact(project.store, name,
                                              memory_limit=project.memory_limit, spill=spill)
-            state.save_snapshot(project.snapshot_dir, project.store, name, version, after)
+            if after is not None:
+                state.save_snapshot(project.snapshot_dir, project.store, name, version, after)
             log.info("compacted the state of %s into %s segment(s)", name, written)
     except (duckdb.Error, OSError) as exc:  # maintenance: the state is whole either way
         log.warning("could not compact the state of %s: %s", name, redact(str(exc)))
@@ -289,23 +308,27 @@ def _make_plan(
     reporter: Reporter,
     timings: dict[str, float],
     undo: Revert | None = None,
+    shard: Shard | None = None,
 ) -> tuple[Plan, Source, state.Known]:
     started = time.perf_counter()
     reporter.phase("planning")
     source = project.source(sync.source)
     try:
         known = state.read_hashes(project.store, name, project.snapshot_dir)
+        if shard is not None:  # only its own keys can be unchanged, changed or removed
+            known = state.Known(shard.filter(known.table), known.version, known.from_snapshot)
         against = known.table
         model: pa.RecordBatchReader | AttachedModel
         if undo is None:
-            log.info("extracting %s from source %s", name, sync.source)
+            log.info("extracting %s from source %s%s", name, sync.source,
+                     f" (shard {shard})" if shard is not None else "")
             model = source.in_place(sync.sql) or source.read(sync.sql)
         else:  # the model's types, from a query that reads no rows
             schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
             model, against = undo.model(sync, schema), undo.state
         planner = Planner(
             name, sync, workdir=project.root / ".tidegate" / "work",
-            memory_limit=project.memory_limit,
+            memory_limit=project.memory_limit, shard=shard if undo is None else None,
         )
         plan = planner.plan(model, against, full=full)
     except ModelQueryError as exc:
