@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import SECRET
-from helpers import cli, project, sync, warehouse
+from helpers import PG_TABLE, cli, project, sync, warehouse, write_log
 from tidegate import ConfigError, FatalError, Project, runs, state
 from tidegate.sandbox.webhook import WebhookReceiver
 from tidegate.shard import Shard
@@ -145,21 +145,6 @@ def test_a_held_shard_is_approved_as_that_shard(project_dir: Path,
         assert approved["shard"] == {"index": 0, "count": 2}
         assert (approved["delivered"]["updated"] + other["delivered"]["updated"]) == 400
     assert {r["score"] for r in receiver.records("Account").values()} == {-1}
-
-
-PG_TABLE = """
-create table public.accounts (id bigint primary key, name text, score bigint);
-create table writes (id bigint not null, op text not null);
-create function log_write() returns trigger language plpgsql as
-  $$ begin insert into writes values (new.id, tg_op); return new; end $$;
-create trigger log_write after insert or update on public.accounts
-  for each row execute function log_write();
-"""
-
-
-def write_log(url: str) -> dict[int, int]:
-    with psycopg.connect(url) as conn:
-        return dict(conn.execute("select id, count(*) from writes group by id").fetchall())
 
 
 def test_two_shards_at_once_in_two_processes_lose_and_repeat_nothing(

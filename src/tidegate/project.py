@@ -56,9 +56,17 @@ class Project:
         self.memory_limit = os.environ.get("TIDEGATE_MEMORY_LIMIT", "256MB")
 
     @classmethod
-    def load(cls, path: str | Path = ".", env: Mapping[str, str] | None = None) -> Project:
-        """Load the project in ``path``; raise ConfigError listing every problem."""
-        return cls(load_project_config(Path(path), env, _check_destinations))
+    def load(cls, path: str | Path = ".", env: Mapping[str, str] | None = None, *,
+             state: str | None = None) -> Project:
+        """Load the project in ``path``; raise ConfigError listing every problem.
+
+        ``state`` replaces the project's state store URL (e.g. one an orchestrator holds).
+        """
+        project = cls(load_project_config(Path(path), env, _check_destinations))
+        if state is not None:
+            redact.register_url(state)
+            project.config.settings.state = state
+        return project
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], root: str | Path, *,
