@@ -18,8 +18,10 @@ def hooked_project(tmp_path: Path, receiver: WebhookReceiver,
     root = tmp_path / "project"
     root.mkdir()
     warehouse(root / "warehouse.duckdb", 120)
-    project(root, {"hook": {"type": "webhook", "url": receiver.url, "secret": SECRET}},
+    project(root, {"hook": {"type": "webhook", "url": receiver.url, "secret": SECRET},
+                   "down": {"type": "webhook", "url": "http://127.0.0.1:9/in"}},
             {"accounts": sync(batch_size=25),
+             "down": sync("down"),
              "guarded": sync(object="Guarded", guardrails={"min_rows": 1000}),
              "guarded_too": sync(object="Guarded", guardrails={"min_rows": 500})})
     monkeypatch.setenv("TIDEGATE_TEST_PROJECT", str(root))
@@ -61,3 +63,11 @@ def test_a_held_run_fails_or_skips_its_task_with_the_reason_in_the_log(
     assert result.xcom("held_fail", key="summary")["status"] == "held"
     assert result.xcom("held_fail") is None
     assert receiver.records("Guarded") == {}
+
+
+def test_a_failed_run_fails_its_task_saying_why(run_dag: Any, hooked_project: Path) -> None:
+    result = run_dag("tidegate_failed", "tidegate_sync.py")
+    assert result.states() == {"unreachable": "failed"}
+    assert "tidegate.airflow.errors.SyncFailed: run 1 of sync down failed:" in result.log
+    assert "127.0.0.1:9" in result.log
+    assert result.xcom("unreachable", key="summary")["status"] == "failed"

@@ -25,3 +25,7 @@ with DAG("tidegate_held", schedule=None, start_date=pendulum.datetime(2024, 1, 1
         return "ran"
 
     held_skip >> downstream()
+
+with DAG("tidegate_failed", schedule=None, start_date=pendulum.datetime(2024, 1, 1),
+         catchup=False) as tidegate_failed:
+    TidegateSyncOperator(task_id="unreachable", project_dir=PROJECT, sync="down")
