@@ -10,6 +10,7 @@ the ``url`` extra.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,9 @@ class TidegateHook(BaseHook):
         settings["syncs"][name]["fields"] = mapping
         return Project.from_dict(settings, root, origin=origin)
 
-    def _typed(self, build: Any) -> Project:
+    def _typed(self, build: Callable[[], Project]) -> Project:
         try:
-            project: Project = build()
+            project = build()
         except SyncConfigError:
             raise
         except ConfigError as exc:  # stays a ConfigError, and Airflow does not retry it
