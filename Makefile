@@ -12,6 +12,8 @@ DBT_STAMP := $(DBT_VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# The Airflow provider's tests run real Airflow: its own extras, never a plain install's.
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[airflow,openlineage]'
 	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
 	touch $(STAMP)
 

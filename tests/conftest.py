@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["airflow_env"]  # real Airflow for tests/airflow_provider, loaded lazily
+
 SECRET = "whsec_" + base64.b64encode(b"tidegate-test-signing-key-0123").decode()
 
 

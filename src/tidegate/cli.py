@@ -29,6 +29,7 @@ with quietly(freeze=True):  # this process is the command's own
     from tidegate.progress import NullReporter, Reporter, RichReporter
     from tidegate.project import Project
     from tidegate.redact import install_log_filter, redact
+    from tidegate.shard import Shard
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_REJECTED = 0, 1, 2, 3, 4
 STATUS_EXIT = {"succeeded": EXIT_OK, "planned": EXIT_OK, "partial": EXIT_REJECTED,
@@ -51,6 +52,14 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.",
                                           show_default="current folder")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", metavar="I/N",
+    help="Only the keys of shard I of N (by a stable hash of the key); "
+         "the N shards may run at once.")]
+
+
+def _shard(spec: str | None) -> Shard | None:
+    return None if spec is None else Shard.parse(spec)
 
 
 def _emit_json(doc: Any) -> None:
@@ -166,14 +175,17 @@ def plan(
     sync: Annotated[str, typer.Argument(help="Sync name.")],
     project: ProjectOpt = Path("."),
     full: Annotated[bool, typer.Option("--full", help="Ignore state: plan every row.")] = False,
+    shard: ShardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a run would do: counts, sample rows per category. Sends nothing."""
     proj = _load(project, as_json)
 
     def go() -> int:
+        part = _shard(shard)
         with proj:
-            result = proj.plan(sync, full=full)
+            result = proj.plan(sync, full=full, shard=part.index if part else None,
+                               shards=part.count if part else None)
         if as_json:
             _emit_json(result)
         else:
@@ -197,6 +209,7 @@ def run(
     select: Annotated[list[str] | None, typer.Option(
         "--select", "-s", help="Syncs whose dbt models match, dbt-style: tag:hourly, a model "
         "name; spaces mean any, commas all.")] = None,
+    shard: ShardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan, judge and deliver syncs, with a progress bar and a summary table."""
@@ -213,6 +226,7 @@ def run(
         _fail(ConfigError("name at least one sync, or pass --all or --select"), as_json)
 
     def go() -> int:
+        part = _shard(shard)
         results = []
         with proj:
             for name in names:
@@ -222,7 +236,8 @@ def run(
                     RichReporter(name) if sys.stderr.isatty() and not as_json else NullReporter()
                 )
                 results.append(proj.run(name, full=full, dry_run=dry_run, force=force,
-                                        reporter=reporter))
+                                        reporter=reporter, shard=part.index if part else None,
+                                        shards=part.count if part else None))
         if as_json:
             _emit_json(results[0] if len(results) == 1 else {"runs": results})
         elif dry_run:

@@ -424,25 +424,31 @@ ExtraCheck = Callable[
 
 
 def load_project_config(
-    root: Path, env: Mapping[str, str] | None = None, extra_check: ExtraCheck | None = None
+    root: Path, env: Mapping[str, str] | None = None, extra_check: ExtraCheck | None = None,
+    *, data: dict[str, Any] | None = None, origin: str = PROJECT_FILE,
 ) -> ProjectConfig:
     """Load and validate a project folder; raise ConfigError listing every problem.
 
     ``extra_check`` adds problems found by code that knows more than this module
     (destination plugins validate their own settings), so all are reported at once.
+    With ``data``, that is the project's settings instead of the folder's files
+    (an inline job); problems then name ``origin`` instead of a file.
     """
     root = root.resolve()
     project_file = root / PROJECT_FILE
-    if not project_file.is_file():
+    if data is not None:
+        docs = [YamlDoc(file=origin, data=data)]
+    elif not project_file.is_file():
         raise ConfigError(
             Problem(
                 f"no {PROJECT_FILE} in {root}",
                 fix=f"run `tidegate init {root}` to create a project, or pass --project DIR",
             )
         )
-    docs = [load_yaml(project_file, PROJECT_FILE, env)]
+    else:
+        docs = [load_yaml(project_file, PROJECT_FILE, env)]
     syncs_dir = root / SYNCS_DIR
-    if syncs_dir.is_dir():
+    if syncs_dir.is_dir() and data is None:
         for path in sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]):
             docs.append(load_yaml(path, f"{SYNCS_DIR}/{path.name}", env))
     problems = [p for d in docs for p in d.problems]

@@ -35,6 +35,7 @@ from tidegate.config import Mode, SyncConfig
 from tidegate.destinations.base import Batch, Operation
 from tidegate.errors import SourceError
 from tidegate.guard import RowCheck, row_checks
+from tidegate.shard import Shard
 from tidegate.sources.base import ModelQueryError
 
 # What each mode sends for each category of key (SPEC §3).
@@ -316,11 +317,13 @@ class Planner:
         *,
         workdir: Path | None = None,
         memory_limit: str = "1GB",
+        shard: Shard | None = None,
     ) -> None:
         self.sync_name = sync_name
         self.sync = sync
         self.workdir = workdir
         self.memory_limit = memory_limit
+        self.shard = shard  # plan only the model rows whose key this shard owns
 
     def plan(
         self, model: pa.RecordBatchReader | AttachedModel, state: pa.Table, *, full: bool = False,
@@ -405,6 +408,7 @@ class Planner:
                        {hashed} as __hash,
                        {select}
                 from {source_sql}
+                {"" if self.shard is None else "where " + self.shard.sql(key_json)}
                 """,
                 {} if hash_column else {"sig": signature},
             )

@@ -181,7 +181,13 @@ V3: list[str | Callable[[Tx], None]] = [
     )""",
 ]
 
-MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3]
+# Shards: a run may cover only the keys of one shard of its sync (see ``tidegate.shard``).
+V4: list[str | Callable[[Tx], None]] = [
+    "alter table tidegate_runs add column shard integer",
+    "alter table tidegate_runs add column shards integer",
+]
+
+MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3, V4]
 
 
 class Tx:

@@ -27,6 +27,7 @@ from tidegate.progress import NullReporter, Reporter
 from tidegate.redact import redact
 from tidegate.revert import Revert
 from tidegate.revert import prepare as prepare_revert
+from tidegate.shard import Shard
 from tidegate.sources import ModelQueryError, Source
 from tidegate.warehouse_diff import WarehouseDiff, plan_in_warehouse
 
@@ -36,24 +37,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidegate")
 
 
-def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, Any]:
-    """The plan of ``name`` with samples; nothing is sent or recorded."""
+def plan_only(project: Project, name: str, *, full: bool = False,
+              shard: Shard | None = None) -> dict[str, Any]:
+    """The plan of ``name`` (of one shard of it) with samples; nothing is sent or recorded."""
     sync = project.sync(name)
     timings: dict[str, float] = {}
     try:
         plan, source, known, differ = _make_plan(project, name, sync, full, NullReporter(),
-                                                 timings)
+                                                 timings, shard=shard)
     except ConfigError as exc:
         raise _locate(exc, project, name) from None
     try:
-        if differ is None and not known.from_snapshot:
+        if differ is None and not known.from_snapshot and shard is None:
             state.save_snapshot(project.snapshot_dir, project.store, name, known.version,
                                 known.table)
         latest = runs.list_runs(project.store, name, 1)
         verdict = guard.judge(
             plan, sync.guardrails, known=_known_rows(known, differ),
             history=runs.recent_counts(project.store, name, _history_runs(sync),
-                                       before=(latest[0].id + 1) if latest else 1),
+                                       before=(latest[0].id + 1) if latest else 1,
+                                       shard=shard),
             old_records=lambda keys: state.records_of(project.store, name, keys),
         )
         return {
@@ -66,6 +69,7 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
             "invalid_reasons": plan.invalid_reasons,
             "samples": plan.samples(),
             "timings": timings,
+            **({"shard": {"index": shard.index, "count": shard.count}} if shard else {}),
         }
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc
@@ -85,6 +89,7 @@ def run_sync(
     force: bool = False,
     approve: int | None = None,
     revert_of: int | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Run ``name`` once; return its summary. Config problems found on the way raise.
 
@@ -93,6 +98,8 @@ def run_sync(
     ``approve`` up again: it is planned again and delivered if the plan is the one
     that was held, or judged afresh if the model or state changed since.
     ``revert_of`` plans, instead of the model, putting back what that run changed.
+    ``shard`` plans and delivers only the keys that shard owns (see ``tidegate.shard``);
+    the other shards of the split may run at the same time.
     """
     sync = project.sync(name)
     store = project.store
@@ -104,11 +111,11 @@ def run_sync(
     if approve is None:
         run_id = runs.start_run(
             store, sync=name, mode=sync.mode, destination=sync.destination,
-            object=sync.object, full=full, revert_of=revert_of,
+            object=sync.object, full=full, revert_of=revert_of, shard=shard,
         )
     else:
         held = runs.resume_held(store, approve)
-        run_id, full = held.id, held.full
+        run_id, full, shard = held.id, held.full, held.shard
     log.info("run %s of sync %s started", run_id, name)
     timings: dict[str, float] = {}
     status, error = "failed", None
@@ -119,14 +126,16 @@ def run_sync(
     progress: Progress | None = None
     try:
         plan, source, known, differ = _make_plan(project, name, sync, full, reporter, timings,
-                                                 undo)
-        # A revert, or a plan made in the warehouse, saw only part of state: its plan
-        # cannot be kept as a snapshot (the warehouse keeps its own copy of state).
-        progress = Progress(known.version, whole=undo is None and differ is None,
-                            warehouse=differ)
+                                                 undo, shard=shard)
+        # A revert, a shard or a plan made in the warehouse saw only part of state: its
+        # plan cannot be kept as a snapshot of the whole (other shards commit while a
+        # shard runs; the warehouse keeps its own copy of state).
+        progress = Progress(known.version, whole=undo is None and differ is None
+                            and shard is None, warehouse=differ)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
         verdict = _judge(project, name, sync, plan, known, run_id, force=force, held=held,
-                         synthetic=undo is not None, known_rows=_known_rows(known, differ))
+                         synthetic=undo is not None, known_rows=_known_rows(known, differ),
+                         shard=shard)
         if undo is not None:
             verdict.notes[:0] = [f"reverts run {undo.of}", *undo.notes]
             runs.record_conflicts(store, run_id, name, undo.conflicts)
@@ -167,7 +176,11 @@ def run_sync(
         if plan is not None and progress is not None and progress.exact and progress.whole:
             after = _save_snapshot(project, name, plan, progress)
             if after is not None and progress.kept:
-                _compact_if_due(project, name, after)
+                _compact_if_due(project, name, after.num_rows, after)
+        elif shard is not None and plan is not None and progress is not None and progress.kept:
+            # The shards' keys are spread evenly: the whole state is about count times this one's.
+            c = plan.counts
+            _compact_if_due(project, name, (c.unchanged + c.changed + c.added) * shard.count)
         if progress is not None and progress.warehouse is not None:
             progress.warehouse.after_run(project, compact=progress.exact and bool(progress.kept))
         report = _report(destination)
@@ -200,6 +213,7 @@ def _judge(
     held: runs.RunRecord | None,
     synthetic: bool = False,
     known_rows: int | None = None,
+    shard: Shard | None = None,
 ) -> Verdict:
     if force:
         return Verdict(held=False, forced=True,
@@ -214,7 +228,8 @@ def _judge(
     verdict = guard.judge(
         plan, sync.guardrails,
         known=known.table.num_rows if known_rows is None else known_rows,
-        history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id),
+        history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id,
+                                   shard=shard),
         old_records=lambda keys: state.records_of(project.store, name, keys),
         model_rows=not synthetic,
     )
@@ -286,14 +301,17 @@ def _save_snapshot(
     return after
 
 
-def _compact_if_due(project: Project, name: str, after: pa.Table) -> None:
+def _compact_if_due(project: Project, name: str, live: int, after: pa.Table | None = None
+                    ) -> None:
+    """Compact when due; keep ``after`` (the whole state this run left) as the snapshot."""
     try:
-        if state.compaction_due(project.store, name, after.num_rows):
+        if state.compaction_due(project.store, name, live):
             spill = project.root / ".tidegate" / "work"
             spill.mkdir(parents=True, exist_ok=True)
             written, version = state.compact(project.store, name,
                                              memory_limit=project.memory_limit, spill=spill)
-            state.save_snapshot(project.snapshot_dir, project.store, name, version, after)
+            if after is not None:
+                state.save_snapshot(project.snapshot_dir, project.store, name, version, after)
             log.info("compacted the state of %s into %s segment(s)", name, written)
     except (duckdb.Error, OSError) as exc:  # maintenance: the state is whole either way
         log.warning("could not compact the state of %s: %s", name, redact(str(exc)))
@@ -307,6 +325,7 @@ def _make_plan(
     reporter: Reporter,
     timings: dict[str, float],
     undo: Revert | None = None,
+    shard: Shard | None = None,
 ) -> tuple[Plan, Source, state.Known, WarehouseDiff | None]:
     started = time.perf_counter()
     reporter.phase("planning")
@@ -315,9 +334,12 @@ def _make_plan(
     try:
         planner = Planner(
             name, sync, workdir=project.root / ".tidegate" / "work",
-            memory_limit=project.memory_limit,
+            memory_limit=project.memory_limit, shard=shard if undo is None else None,
         )
-        if undo is None and sync.diff == "warehouse":
+        if undo is None and sync.diff == "warehouse" and shard is not None:
+            log.warning("sync %s: a shard plans with the local state store; `diff: "
+                        "warehouse` keeps one copy of state for the whole sync", name)
+        elif undo is None and sync.diff == "warehouse":
             log.info("planning %s in source %s", name, sync.source)
             made = plan_in_warehouse(project, name, sync, source, planner, full=full)
             if made is not None:
@@ -326,10 +348,13 @@ def _make_plan(
                 timings["warehouse_bytes_out"] = differ.pulled.bytes
                 return plan, source, known, differ
         known = state.read_hashes(project.store, name, project.snapshot_dir)
+        if shard is not None:  # only its own keys can be unchanged, changed or removed
+            known = state.Known(shard.filter(known.table), known.version, known.from_snapshot)
         against = known.table
         model: pa.RecordBatchReader | AttachedModel
         if undo is None:
-            log.info("extracting %s from source %s", name, sync.source)
+            log.info("extracting %s from source %s%s", name, sync.source,
+                     f" (shard {shard})" if shard is not None else "")
             model = source.in_place(sync.sql) or source.read(sync.sql)
         else:  # the model's types, from a query that reads no rows
             schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
