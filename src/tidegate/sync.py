@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from tidegate.project import Project
 
 log = logging.getLogger("tidegate")
+Screen = Callable[[pa.Table], pa.Array | None]
 
 
 def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, Any]:
@@ -303,11 +306,12 @@ def _make_plan(
         else:  # the model's types, from a query that reads no rows
             schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
             model, against = undo.model(sync, schema), undo.state
-        planner = Planner(
-            name, sync, workdir=project.root / ".tidegate" / "work",
-            memory_limit=project.memory_limit,
-        )
-        plan = planner.plan(model, against, full=full)
+        with _screening(project, name) as screen:
+            planner = Planner(
+                name, sync, workdir=project.root / ".tidegate" / "work",
+                memory_limit=project.memory_limit, screen=screen,
+            )
+            plan = planner.plan(model, against, full=full)
     except ModelQueryError as exc:
         source.close()
         raise ConfigError(Problem(f"the model query failed: {exc}", key="query",
@@ -323,6 +327,20 @@ def _make_plan(
         raise
     timings["plan_s"] = round(time.perf_counter() - started, 3)
     return plan, source, known
+
+
+@contextmanager
+def _screening(project: Project, name: str) -> Iterator[Screen | None]:
+    """The destination's check of values its schema cannot take, when it has one."""
+    cls, _ = project.destination_settings(project.sync(name).destination)
+    if not cls.capabilities.checks_values:
+        yield None
+        return
+    checker = project.destination(name)
+    try:
+        yield checker.invalid_values
+    finally:
+        checker.close()
 
 
 def _deliver(
@@ -367,7 +385,8 @@ def _deliver(
     )
     try:
         batches = plan.outgoing(batch_size, caps.max_bytes, typed=caps.typed_records,
-                                documents=caps.json_documents)
+                                documents=caps.json_documents,
+                                measure=destination.record_bytes)
         deliverer.run(batches, on_results)
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc
