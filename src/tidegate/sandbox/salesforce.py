@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -166,11 +167,12 @@ class SObject:
 
     def field(self, name: str) -> Field | None:
         # Field names are case-insensitive everywhere in the API.
-        lowered = name.lower()
-        for f in self.fields:
-            if f.name.lower() == lowered:
-                return f
-        return None
+        found = self._by_name.get(name)
+        return found if found is not None else self._by_name.get(name.lower())
+
+    @cached_property
+    def _by_name(self) -> dict[str, Field]:
+        return {**{f.name.lower(): f for f in self.fields}, **{f.name: f for f in self.fields}}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.name, "keyPrefix": self.key_prefix,

@@ -86,17 +86,19 @@ class Stats:
     resumed: int = 0
     records: int = 0
     lock_retries: int = 0
+    wait_s: float = 0.0  # waiting for Salesforce to process jobs
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, **counts: int) -> None:
+    def add(self, **counts: float) -> None:
         with self.lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return {"bulk_jobs": self.jobs, "bulk_uploads": self.uploads,
                 "bulk_upload_bytes": self.upload_bytes, "bulk_jobs_resumed": self.resumed,
-                "bulk_records": self.records, "bulk_lock_retries": self.lock_retries}
+                "bulk_records": self.records, "bulk_lock_retries": self.lock_retries,
+                "bulk_wait_s": round(self.wait_s, 3)}
 
 
 class BulkWriter:
@@ -224,7 +226,13 @@ class BulkWriter:
 
     def wait(self, job_id: str) -> dict[str, Any]:
         """Poll until the job ends, backing off; a timeout leaves it for the next run."""
-        deadline = self.clock() + self.timeout
+        started = self.clock()
+        try:
+            return self._poll(job_id, started + self.timeout)
+        finally:
+            self.stats.add(wait_s=self.clock() - started)
+
+    def _poll(self, job_id: str, deadline: float) -> dict[str, Any]:
         interval = self.poll_interval
         while True:
             try:
