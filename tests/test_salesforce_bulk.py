@@ -297,3 +297,17 @@ def test_the_write_path_follows_what_the_run_sends(project_dir: Path,
         # hardDelete exists only in Bulk API: a run with deletes goes through it.
         assert p.destination("h", to_send={"upsert": 3, "delete": 1}).uses_bulk  # type: ignore[attr-defined]
         assert not p.destination("h", to_send={"upsert": 3}).uses_bulk  # type: ignore[attr-defined]
+
+
+def test_hard_delete_without_the_permission_fails_the_run_with_the_fix(
+    project_dir: Path,
+) -> None:
+    with SalesforceSandbox(client_id="tg", client_secret=ENV["SF_SECRET"]) as org:
+        org.put("Account", {"Name": "Doomed", "External_Id__c": "a-1"})
+        sql(project_dir, "create table purged as select 'a-1' as account_id")
+        project(project_dir, {"crm": crm(org, hard_delete=True)},
+                {"purge": sync("purged", "delete", fields=None)})
+        result = run(project_dir, "purge")
+        assert result["status"] == "failed"
+        assert "Bulk API Hard Delete" in result["error"] and "hard_delete: false" in result["error"]
+        assert len(org.records("Account")) == 1 and journal(project_dir) == []

@@ -174,7 +174,9 @@ class SalesforceDestination(Destination):
             raise ConfigError(Problem(
                 "insert mode cannot match on Id: Salesforce sets it", key="match",
                 fix="match on an external id field the sync writes (`match.destination`)"))
-        writes = [n for n in names if n not in ("Id", self.key)]
+        # A delete sends Ids only: what else the sync maps is never written.
+        writes = [] if self.target.mode == "delete" else [
+            n for n in names if n not in ("Id", self.key)]
         operation = {"insert": "insert", "update": "update", "delete": "update"}.get(
             self.target.mode, "upsert")
         problems = describe.problems(writes, operation, self.key)
