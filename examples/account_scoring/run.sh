@@ -44,16 +44,12 @@ step "hour 1: the warehouse, and the accounts a real org would already hold"
 
 step "hour 1: every account's score (over bulk_threshold: Bulk API 2.0)"
 "$tidegate" run account_scores --project "$work"
-"$tidegate" show "$("$tidegate" runs account_scores --project "$work" --json \
-  | "$py" -c 'import json, sys; print(json.load(sys.stdin)["runs"][0]["run_id"])')" \
-  --project "$work" | grep -E "^destination:"
+"$tidegate" show 2 --project "$work" | grep -E "^destination:"   # run 2: a fresh .run/
 
 step "hour 2: new product usage; only the scores that moved are sent (Collections)"
 "$py" "$here/warehouse.py" "$work" --hour 2
 "$tidegate" run account_scores --project "$work"
-"$tidegate" show "$("$tidegate" runs account_scores --project "$work" --json \
-  | "$py" -c 'import json, sys; print(json.load(sys.stdin)["runs"][0]["run_id"])')" \
-  --project "$work" | grep -E "^destination:"
+"$tidegate" show 3 --project "$work" | grep -E "^destination:"
 
 step "the org, read back"
 "$py" "$here/check.py" "$work"
