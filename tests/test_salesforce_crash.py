@@ -20,10 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from helpers import project
 from tidegate import Project
+from tidegate.destinations import Batch
 from tidegate.sandbox.salesforce import SalesforceSandbox
 
 ENV = {"SF_SECRET": "crash-s3cret"}
@@ -112,3 +114,31 @@ def test_killed_with_a_bulk_job_in_flight(project_dir: Path, moment: str) -> Non
         accounts = {r["External_Id__c"]: r for r in org.records("Account").values()}
         assert len(accounts) == ROWS and accounts["a-7"]["APS__c"] == 7
         assert journal(project_dir) == []
+
+
+def test_a_batchs_job_stays_in_the_journal_until_the_run_is_over(project_dir: Path) -> None:
+    """Its results are read, but the commit comes after: a crash between the two must
+    find the job again, so the entry goes only when the destination closes."""
+    with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
+        con.execute("create table accts as select 'a-1' as account_id, 'A' as name, 1 as aps")
+    with SalesforceSandbox(client_id="tg", client_secret=ENV["SF_SECRET"]) as org:
+        project(project_dir, {"crm": {
+            "type": "salesforce", "login_url": org.url, "bulk_threshold": 0,
+            "bulk_poll_interval_s": 0.01,
+            "auth": {"client_id": "tg", "client_secret": "${SF_SECRET}"}}},
+            {"s": {"source": "warehouse", "table": "accts", "primary_key": "account_id",
+                   "destination": "crm", "object": "Account", "mode": "upsert",
+                   "match": {"source": "account_id", "destination": "External_Id__c"},
+                   "fields": {"name": "Name", "aps": "APS__c"}}})
+        with Project.load(project_dir, env=ENV) as p:
+            plan = p.plan("s")
+            assert plan["to_send"] == {"upsert": 1}
+            destination = p.destination("s", to_send=plan["to_send"])
+            batch = Batch(id="msg_one", operation="upsert", key_text=pa.array(['"a-1"']),
+                          table=pa.table({"External_Id__c": ["a-1"], "Name": ["A"],
+                                          "APS__c": [1.0]}))
+            destination.prepare(batch.table.schema)
+            assert destination.write(batch).rejected == {}
+            assert [name for name, _ in journal(project_dir)] == ["bulk:msg_one"]
+            destination.close()
+            assert journal(project_dir) == []

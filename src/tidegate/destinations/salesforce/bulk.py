@@ -17,8 +17,10 @@ upload and again once the upload is in. A rerun (or a retry of the batch) finds
 the entry and carries each job on from its state instead of uploading again:
 it waits for a running job, reads a finished one's results, closes an ``Open``
 job whose upload went in, and aborts one whose upload may not have (nothing of
-an open job is processed), uploading that part again. The entry is forgotten
-once the batch's outcome is known.
+an open job is processed), uploading that part again. The entry stays until
+the run is over and the batch's outcome committed (the destination forgets it
+then), so a crash between reading the results and committing them reads them
+again rather than uploading.
 
 Records that fail with ``UNABLE_TO_LOCK_ROW`` are sent again, in a job of
 their own, a few times before they are rejected.
@@ -156,7 +158,6 @@ class BulkWriter:
             self.stats.add(lock_retries=len(locked))
             # The other transaction usually holds the rows briefly: about a poll's wait.
             self.sleep(self.poll_interval * (attempt + 1))
-        self._forget(name)
         return outcome
 
     def _forget(self, name: str) -> None:

@@ -97,6 +97,7 @@ class SalesforceDestination(Destination):
         self._prepared = False
         self._failed = False
         self._orphans: list[str] = []
+        self._written: list[str] = []  # journal names of batches this run wrote
 
     # Settings of this run ---------------------------------------------------------
 
@@ -310,7 +311,10 @@ class SalesforceDestination(Destination):
             operation=sf_op, key_column=key_column, head=csvdata.header(list(picked)),
             lines=csvdata.lines(picked), keys=picked[key_column],
             external_id=self.key if sf_op == "upsert" else None)
-        outcome = self.writer.write(f"{bulk.PREFIX}{batch.id}", upload)
+        name = f"{bulk.PREFIX}{batch.id}"
+        outcome = self.writer.write(name, upload)
+        with self._lock:
+            self._written.append(name)
         for i, why in zip(keep, outcome, strict=True):
             if why is not None and not (op == "delete" and why.startswith("ENTITY_IS_DELETED")):
                 rejected[keys[i]] = why
@@ -412,18 +416,22 @@ class SalesforceDestination(Destination):
 
     def close(self) -> None:
         try:
-            self._forget_orphans()
+            self._forget_settled()
         finally:
             if self._api is not None:
                 self._api.close()
                 self._api = None
 
-    def _forget_orphans(self) -> None:
-        """Once a run has written everything it tried, jobs left by earlier runs whose
-        batches did not come again are settled: the records were sent again anew."""
+    def _forget_settled(self) -> None:
+        """Once a run has written everything it tried (the run is over: every outcome
+        is committed), its batches' jobs are settled, and so are jobs left by earlier
+        runs whose batches did not come again, their records having been sent anew.
+        After a failure nothing is forgotten: the next run settles it all."""
         journal = self.target.journal
-        if not self._orphans or self._failed or journal is None:
+        if self._failed or journal is None:
             return
+        for name in self._written:
+            journal.forget(name)
         for name in self._orphans:
             raw = journal.get(name)
             if raw is None:
