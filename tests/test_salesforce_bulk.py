@@ -63,6 +63,12 @@ def sql(root: Path, *statements: str) -> None:
             con.execute(statement)
 
 
+def accts(root: Path, n: int) -> None:
+    """Accounts a-0 … a-(n-1), named and scored by their number."""
+    sql(root, "create table accts as select 'a-' || i as account_id, 'Acct ' || i as name, "
+              f"i as aps from range({n}) t(i)")
+
+
 def run(root: Path, name: str) -> dict[str, Any]:
     with Project.load(root, env=ENV) as p:
         summary = p.run(name)
@@ -177,8 +183,7 @@ def test_per_record_failures_reject_their_rows_with_salesforces_message(
 def test_locked_rows_are_sent_again_until_free_or_rejected(
     project_dir: Path, org: SalesforceSandbox, path: str,
 ) -> None:
-    sql(project_dir, "create table accts as select 'a-' || i as account_id, 'Acct ' || i "
-                     "as name, i as aps from range(20) t(i)")
+    accts(project_dir, 20)
     project(project_dir, {"crm": crm(org, **PATHS[path])}, {"s": sync("accts", "upsert")})
     org.lock_rows(["a-3", "a-4"], times=2)
     first = run(project_dir, "s")
@@ -197,8 +202,7 @@ def test_locked_rows_are_sent_again_until_free_or_rejected(
 def test_throttling_and_an_expired_token_mid_run_are_waited_out(
     project_dir: Path, org: SalesforceSandbox, path: str,
 ) -> None:
-    sql(project_dir, "create table accts as select 'a-' || i as account_id, 'Acct ' || i "
-                     "as name, i as aps from range(450) t(i)")
+    accts(project_dir, 450)
     project(project_dir, {"crm": crm(org, **PATHS[path])}, {"s": sync("accts", "upsert")})
     faults = {"done": False}
 
@@ -221,8 +225,7 @@ def test_throttling_and_an_expired_token_mid_run_are_waited_out(
 def test_a_spent_daily_limit_stops_the_run_and_the_rerun_carries_the_job_on(
     project_dir: Path, org: SalesforceSandbox,
 ) -> None:
-    sql(project_dir, "create table accts as select 'a-' || i as account_id, 'Acct ' || i "
-                     "as name, i as aps from range(40) t(i)")
+    accts(project_dir, 40)
     project(project_dir, {"crm": crm(org, bulk_threshold=10)}, {"s": sync("accts", "upsert")})
 
     def spend(method: str, path: str) -> None:

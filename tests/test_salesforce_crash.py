@@ -43,6 +43,18 @@ def last_run(root: Path) -> dict[str, object]:
         return dict(conn.execute("select * from tidegate_runs order by id desc").fetchone())
 
 
+def upsert_project(root: Path, org: SalesforceSandbox) -> None:
+    """Sync ``accts`` into Account by external id, through Bulk API 2.0 (threshold 0)."""
+    project(root, {"crm": {
+        "type": "salesforce", "login_url": org.url, "bulk_threshold": 0,
+        "bulk_poll_interval_s": 0.01,
+        "auth": {"client_id": "tg", "client_secret": "${SF_SECRET}"}}},
+        {"s": {"source": "warehouse", "table": "accts", "primary_key": "account_id",
+               "destination": "crm", "object": "Account", "mode": "upsert",
+               "match": {"source": "account_id", "destination": "External_Id__c"},
+               "fields": {"name": "Name", "aps": "APS__c"}}})
+
+
 def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -70,14 +82,7 @@ def test_killed_with_a_bulk_job_in_flight(project_dir: Path, moment: str) -> Non
         con.execute(f"create table accts as select 'a-' || i as account_id, 'Acct ' || i "
                     f"as name, i as aps from range({ROWS}) t(i)")
     with org:
-        project(project_dir, {"crm": {
-            "type": "salesforce", "login_url": org.url, "bulk_threshold": 10,
-            "bulk_poll_interval_s": 0.01,
-            "auth": {"client_id": "tg", "client_secret": "${SF_SECRET}"}}},
-            {"s": {"source": "warehouse", "table": "accts", "primary_key": "account_id",
-                   "destination": "crm", "object": "Account", "mode": "upsert",
-                   "match": {"source": "account_id", "destination": "External_Id__c"},
-                   "fields": {"name": "Name", "aps": "APS__c"}}})
+        upsert_project(project_dir, org)
         if moment == "results unread":
             org.on_request = hold_results
         proc = subprocess.Popen(
@@ -122,14 +127,7 @@ def test_a_batchs_job_stays_in_the_journal_until_the_run_is_over(project_dir: Pa
     with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
         con.execute("create table accts as select 'a-1' as account_id, 'A' as name, 1 as aps")
     with SalesforceSandbox(client_id="tg", client_secret=ENV["SF_SECRET"]) as org:
-        project(project_dir, {"crm": {
-            "type": "salesforce", "login_url": org.url, "bulk_threshold": 0,
-            "bulk_poll_interval_s": 0.01,
-            "auth": {"client_id": "tg", "client_secret": "${SF_SECRET}"}}},
-            {"s": {"source": "warehouse", "table": "accts", "primary_key": "account_id",
-                   "destination": "crm", "object": "Account", "mode": "upsert",
-                   "match": {"source": "account_id", "destination": "External_Id__c"},
-                   "fields": {"name": "Name", "aps": "APS__c"}}})
+        upsert_project(project_dir, org)
         with Project.load(project_dir, env=ENV) as p:
             plan = p.plan("s")
             assert plan["to_send"] == {"upsert": 1}

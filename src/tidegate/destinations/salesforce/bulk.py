@@ -193,7 +193,7 @@ class BulkWriter:
             self._upload(info, data)
             entry["jobs"][part]["uploaded"] = True
             self._note(name, entry)
-            self._close(str(info["id"]))
+            self.close_job(str(info["id"]))
             self.stats.add(jobs=1, uploads=1, upload_bytes=len(data), records=len(lines))
         else:
             self.stats.add(resumed=1)
@@ -210,11 +210,11 @@ class BulkWriter:
             return None
         if info.get("state") == "Open":
             if recorded.get("uploaded"):
-                self._close(job_id)
+                self.close_job(job_id)
                 return info
             # The upload may have gone in or not; nothing of an open job is processed,
             # so it is aborted and the part uploaded again.
-            self._state(job_id, "Aborted")
+            self.set_state(job_id, "Aborted")
             return None
         log.info("Bulk job %s (%s) found in the journal, carried on", job_id, info.get("state"))
         return info
@@ -278,10 +278,10 @@ class BulkWriter:
             raise DestinationError(f"Salesforce refused the upload of Bulk job {info['id']} "
                                    f"({len(data):,} bytes): {_error(response)}")
 
-    def _close(self, job_id: str) -> None:
-        self._state(job_id, "UploadComplete")
+    def close_job(self, job_id: str) -> None:
+        self.set_state(job_id, "UploadComplete")
 
-    def _state(self, job_id: str, state: str) -> None:
+    def set_state(self, job_id: str, state: str) -> None:
         response = self.api.request("PATCH", f"jobs/ingest/{job_id}", json={"state": state})
         if response.status_code != 200:
             raise DestinationError(f"Salesforce refused to set Bulk job {job_id} to {state}: "

@@ -231,7 +231,7 @@ class SalesforceDestination(Destination):
                 if info.get("state") == "Open" and not part.get("uploaded"):
                     continue  # nothing of it is processed; its batch aborts it or close does
                 if info.get("state") == "Open":
-                    self.writer._close(part["id"])
+                    self.writer.close_job(part["id"])
                 log.info("waiting for Bulk job %s, left in flight by an earlier run",
                          part["id"])
                 self.writer.wait(part["id"])
@@ -441,7 +441,7 @@ class SalesforceDestination(Destination):
                     try:
                         info = self.writer.info(part["id"])
                         if info is not None and info.get("state") == "Open":
-                            self.writer._state(part["id"], "Aborted")
+                            self.writer.set_state(part["id"], "Aborted")
                     except DestinationError as exc:  # tidying only
                         log.info("could not abort Bulk job %s: %s", part["id"], exc)
             journal.forget(name)
