@@ -154,8 +154,9 @@ def render(m: dict[str, Any]) -> list[str]:
     return [
         SECTION,
         "",
-        f"Measured on {m['date']}. {m['rows']:,} accounts (external id, name, industry, "
-        "score, flag) from a DuckDB",
+        f"Measured on {m['date']}.",
+        "",
+        f"{m['rows']:,} accounts (external id, name, industry, score, flag) from a DuckDB",
         "file upserted by external id into a fresh sandbox org (`tidegate sandbox",
         "salesforce`, in its own process), each sync a fresh `tidegate run` process",
         "(`bench/salesforce.py`). Above `bulk_threshold` (2,000) the run goes through Bulk",
@@ -196,14 +197,14 @@ def render(m: dict[str, Any]) -> list[str]:
 def update(doc: Path, lines: list[str]) -> None:
     """Put this section in ``doc``, replacing an earlier one, before ``## Commands``."""
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Performance\n\n"
-    section = "\n".join(lines)
+    section = "\n".join(lines).rstrip("\n") + "\n\n"
     if SECTION in text:
         start = text.index(SECTION)
         nxt = text.find("\n## ", start + len(SECTION))
         text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
     elif "\n## Commands" in text:
         at = text.index("\n## Commands") + 1
-        text = text[:at] + section + "\n" + text[at:]
+        text = text[:at] + section + text[at:]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     doc.write_text(text, encoding="utf-8")

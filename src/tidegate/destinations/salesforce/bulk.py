@@ -208,6 +208,8 @@ class BulkWriter:
         info = self.info(job_id)
         if info is None:  # deleted (jobs go after 7 days): its rows go up again
             return None
+        if info.get("state") == "Aborted" and not recorded.get("uploaded"):
+            return None  # aborted here, its upload never known to be in: upload anew
         if info.get("state") == "Open":
             if recorded.get("uploaded"):
                 self.close_job(job_id)
