@@ -119,7 +119,8 @@ def measure(rows: int = 100_000) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="tidegate-bench-sf-"))
     try:
         build(root, rows)
-        out: dict[str, Any] = {"rows": rows, "date": f"{datetime.now(UTC):%Y-%m-%d}"}
+        out: dict[str, Any] = {"rows": rows, "date": f"{datetime.now(UTC):%Y-%m-%d}",
+                               "load": round(os.getloadavg()[0], 1), "cores": os.cpu_count()}
         for path, threshold in (("bulk", 2000), ("collections", 10**9)):
             port = free_port()
             org = start_org(port)  # a fresh, empty org each time: every row is created
@@ -154,7 +155,8 @@ def render(m: dict[str, Any]) -> list[str]:
     return [
         SECTION,
         "",
-        f"Measured on {m['date']}.",
+        f"Measured on {m['date']}, on {m['cores']} cores with a load average of "
+        f"{m['load']} as it started (other work shares the machine).",
         "",
         f"{m['rows']:,} accounts (external id, name, industry, score, flag) from a DuckDB",
         "file upserted by external id into a fresh sandbox org (`tidegate sandbox",
