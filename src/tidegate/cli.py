@@ -354,6 +354,9 @@ def show(
                   f"started {result['started_at']}, {result['batches']} batch(es)")
         if result["error"]:
             out.print(f"[yellow]{escape(result['error'])}[/yellow]", markup=True)
+        if result.get("destination_report"):
+            out.print("destination: " + ", ".join(
+                f"{k} {v}" for k, v in result["destination_report"].items()))
         rows = result["rows"]
         if rows:
             table = Table("kind", "key", "attempt", "error", title="rows not delivered")

@@ -188,11 +188,14 @@ class Plan:
         *,
         typed: bool = True,
         documents: bool = False,
+        measure: Callable[[pa.Table], pa.Array | None] | None = None,
     ) -> Iterator[Outgoing]:
         """The send table cut into batches: one operation each, within both limits.
 
         Without ``typed`` the batches carry the records as JSON only; with
-        ``documents`` they also carry each record's JSON document.
+        ``documents`` they also carry each record's JSON document. ``measure``
+        (a destination's ``record_bytes``) sizes rows for ``max_bytes`` instead of
+        the JSON estimate.
         """
         self._typed, self._documents = typed, documents
         cols = ", __document" if documents else ""
@@ -208,6 +211,10 @@ class Plan:
         carry: pa.Table | None = None
         for chunk in reader:
             table = pa.Table.from_batches([chunk])
+            if measure is not None and max_bytes is not None:
+                sizes = measure(table)
+                if sizes is not None:
+                    table = table.append_column("__size", sizes.cast(pa.int64()))
             if carry is not None:
                 table = pa.concat_tables([carry, table])
             cuts = _cuts(table, max_records, max_bytes)
@@ -318,12 +325,15 @@ class Planner:
         workdir: Path | None = None,
         memory_limit: str = "1GB",
         shard: Shard | None = None,
+        screen: Callable[[pa.Table], pa.Array | None] | None = None,
     ) -> None:
         self.sync_name = sync_name
         self.sync = sync
         self.workdir = workdir
         self.memory_limit = memory_limit
         self.shard = shard  # plan only the model rows whose key this shard owns
+        # The destination's check of values its schema cannot take (``invalid_values``).
+        self.screen = screen
 
     def plan(
         self, model: pa.RecordBatchReader | AttachedModel, state: pa.Table, *, full: bool = False,
@@ -431,6 +441,7 @@ class Planner:
         con.register("st", state)
         self._diff(con, full)
         con.unregister("st")
+        self._screen(con, list(record))
         holds = self._holds(con, checks)
         counts = self._counts(con)
         to_send = self._send_view(con, record, mapped, keys)
@@ -486,6 +497,36 @@ class Planner:
                     {"why": rule.reason},
                 )
         return [r for r in rules if r.hold]
+
+    def _screen(self, con: duckdb.DuckDBPyConnection, record: list[str]) -> None:
+        """Rows the destination's schema cannot take become invalid and leave the diff.
+
+        Only rows the mode sends with values (not deletes) are shown to ``screen``, a
+        chunk at a time, so memory stays bounded and an unchanged model costs nothing.
+        """
+        cats = [cat for cat, op in SENDS[self.sync.mode].items() if op != "delete"]
+        if self.screen is None or not cats:
+            return
+        cols = ", ".join(f"m.{_q(c)}" for c in record)
+        reader = con.sql(
+            f"select d.__key, {cols} from diff d join m on m.rowid = d.__rid "
+            f"where d.__cat in ({', '.join(_lit(c) for c in cats)})"
+        ).to_arrow_reader(_CHUNK_ROWS)
+        found: list[pa.Table] = []
+        for chunk in reader:
+            reasons = self.screen(pa.Table.from_batches([chunk]).drop_columns(["__key"]))
+            if reasons is not None:
+                hit = pc.is_valid(reasons)
+                found.append(pa.table({"key": chunk.column(0).filter(hit),
+                                       "reason": pc.filter(reasons, hit)}))
+        screened = pa.concat_tables(found) if found else None
+        if screened is None or not screened.num_rows:
+            return
+        con.register("screened", screened)
+        con.execute("update m set __invalid = s.reason from screened s "
+                    "where m.__key = s.key and m.__invalid is null")
+        con.execute("delete from diff where __key in (select key from screened)")
+        con.unregister("screened")
 
     def _holds(
         self, con: duckdb.DuckDBPyConnection, rules: list[RowCheck]
@@ -678,7 +719,9 @@ def _cuts(
     changes = pc.indices_nonzero(pc.not_equal(ops.slice(1), ops.slice(0, n - 1))).to_pylist()
     ends = [*(c + 1 for c in changes), n]
     sizes: pa.Array | None = None
-    if max_bytes is not None:
+    if max_bytes is not None and "__size" in table.column_names:
+        sizes = pc.cumulative_sum(table.column("__size")).combine_chunks()
+    elif max_bytes is not None:
         lengths = pc.add(
             pc.binary_length(table.column("__key")).cast(pa.int64()),
             pc.binary_length(table.column("__fields").fill_null(_EMPTY)).cast(pa.int64()),

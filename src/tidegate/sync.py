@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from tidegate.project import Project
 
 log = logging.getLogger("tidegate")
+Screen = Callable[[pa.Table], pa.Array | None]
 
 
 def plan_only(project: Project, name: str, *, full: bool = False,
@@ -330,36 +333,17 @@ def _make_plan(
     started = time.perf_counter()
     reporter.phase("planning")
     source = project.source(sync.source)
-    differ: WarehouseDiff | None = None
     try:
-        planner = Planner(
-            name, sync, workdir=project.root / ".tidegate" / "work",
-            memory_limit=project.memory_limit, shard=shard if undo is None else None,
-        )
-        if undo is None and sync.diff == "warehouse" and shard is not None:
-            log.warning("sync %s: a shard plans with the local state store; `diff: "
-                        "warehouse` keeps one copy of state for the whole sync", name)
-        elif undo is None and sync.diff == "warehouse":
-            log.info("planning %s in source %s", name, sync.source)
-            made = plan_in_warehouse(project, name, sync, source, planner, full=full)
-            if made is not None:
-                plan, known, differ = made
-                timings["plan_s"] = round(time.perf_counter() - started, 3)
-                timings["warehouse_bytes_out"] = differ.pulled.bytes
-                return plan, source, known, differ
-        known = state.read_hashes(project.store, name, project.snapshot_dir)
-        if shard is not None:  # only its own keys can be unchanged, changed or removed
-            known = state.Known(shard.filter(known.table), known.version, known.from_snapshot)
-        against = known.table
-        model: pa.RecordBatchReader | AttachedModel
-        if undo is None:
-            log.info("extracting %s from source %s%s", name, sync.source,
-                     f" (shard {shard})" if shard is not None else "")
-            model = source.in_place(sync.sql) or source.read(sync.sql)
-        else:  # the model's types, from a query that reads no rows
-            schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
-            model, against = undo.model(sync, schema), undo.state
-        plan = planner.plan(model, against, full=full)
+        with _screening(project, name) as screen:
+            planner = Planner(
+                name, sync, workdir=project.root / ".tidegate" / "work",
+                memory_limit=project.memory_limit, shard=shard if undo is None else None,
+                screen=screen,
+            )
+            plan, known, differ = _plan_with(project, name, sync, planner, source, full,
+                                             undo, shard)
+        if differ is not None:
+            timings["warehouse_bytes_out"] = differ.pulled.bytes
     except ModelQueryError as exc:
         source.close()
         raise ConfigError(Problem(f"the model query failed: {exc}", key="query",
@@ -375,6 +359,54 @@ def _make_plan(
         raise
     timings["plan_s"] = round(time.perf_counter() - started, 3)
     return plan, source, known, differ
+
+
+def _plan_with(
+    project: Project,
+    name: str,
+    sync: SyncConfig,
+    planner: Planner,
+    source: Source,
+    full: bool,
+    undo: Revert | None,
+    shard: Shard | None,
+) -> tuple[Plan, state.Known, WarehouseDiff | None]:
+    """Plan in the warehouse when the sync asks and can; else against the local store."""
+    if undo is None and sync.diff == "warehouse" and shard is not None:
+        log.warning("sync %s: a shard plans with the local state store; `diff: "
+                    "warehouse` keeps one copy of state for the whole sync", name)
+    elif undo is None and sync.diff == "warehouse":
+        log.info("planning %s in source %s", name, sync.source)
+        made = plan_in_warehouse(project, name, sync, source, planner, full=full)
+        if made is not None:
+            return made
+    known = state.read_hashes(project.store, name, project.snapshot_dir)
+    if shard is not None:  # only its own keys can be unchanged, changed or removed
+        known = state.Known(shard.filter(known.table), known.version, known.from_snapshot)
+    against = known.table
+    model: pa.RecordBatchReader | AttachedModel
+    if undo is None:
+        log.info("extracting %s from source %s%s", name, sync.source,
+                 f" (shard {shard})" if shard is not None else "")
+        model = source.in_place(sync.sql) or source.read(sync.sql)
+    else:  # the model's types, from a query that reads no rows
+        schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
+        model, against = undo.model(sync, schema), undo.state
+    return planner.plan(model, against, full=full), known, None
+
+
+@contextmanager
+def _screening(project: Project, name: str) -> Iterator[Screen | None]:
+    """The destination's check of values its schema cannot take, when it has one."""
+    cls, _ = project.destination_settings(project.sync(name).destination)
+    if not cls.capabilities.checks_values:
+        yield None
+        return
+    checker = project.destination(name)
+    try:
+        yield checker.invalid_values
+    finally:
+        checker.close()
 
 
 def _deliver(
@@ -421,7 +453,8 @@ def _deliver(
     )
     try:
         batches = plan.outgoing(batch_size, caps.max_bytes, typed=caps.typed_records,
-                                documents=caps.json_documents)
+                                documents=caps.json_documents,
+                                measure=destination.record_bytes)
         deliverer.run(batches, on_results)
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc

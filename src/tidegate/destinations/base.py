@@ -61,6 +61,9 @@ class Capabilities:
     # True for a destination that sends ``Batch.documents``: the planner makes
     # them in DuckDB instead of Python joining strings per record.
     json_documents: bool = False
+    # True for a destination whose ``invalid_values`` names values its schema cannot
+    # take: the planner asks it, and those rows are invalid and never sent.
+    checks_values: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,25 @@ class Destination(ABC):
 
     def prepare(self, schema: pa.Schema) -> None:  # noqa: B027 - most need no preparation
         """Called once before the first batch of a run with the batches' schema."""
+
+    def invalid_values(self, table: pa.Table) -> pa.Array | None:
+        """Per row of ``table``, why the destination cannot take its values (null: it can).
+
+        Called by the planner when ``capabilities.checks_values`` is set, a chunk at a
+        time, with the rows a run would send with values (not deletes): the match and
+        mapped fields under destination names, typed as in a batch. A row given a
+        reason is invalid in the plan, reported with it and never sent. None: every
+        row of the chunk can be sent.
+        """
+        return None
+
+    def record_bytes(self, table: pa.Table) -> pa.Array | None:
+        """Bytes each row of ``table`` adds to a request, for a destination whose requests
+        are not JSON records (a CSV upload): batches are then cut to ``max_bytes`` by
+        these sizes. ``table`` is a chunk of the rows to send with ``__op`` and the
+        record's columns. None (for every chunk): tidegate's JSON estimate is used.
+        """
+        return None
 
     @abstractmethod
     def write(self, batch: Batch) -> BatchResult:
