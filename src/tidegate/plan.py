@@ -11,8 +11,7 @@ Tables of one plan (DuckDB, temporary):
            __hash, the record's columns under destination names
     diff   keys whose fate is not "unchanged": __key, __cat (added/changed/removed)
     send   what the sync's mode sends, in order: __op, __cat, __key, __hash,
-           __fields (the mapped values as JSON text), the record's columns,
-           __document (the record as a JSON {"key", "fields"} document)
+           __fields (the mapped values as JSON text), the record's columns
 """
 
 from __future__ import annotations
@@ -124,7 +123,6 @@ class Plan:
     # Checks with ``hold`` that rows to send fail, and how many rows fail each.
     check_holds: list[tuple[RowCheck, int]] = field(default_factory=list)
     _typed: bool = field(default=True, repr=False)
-    _documents: bool = field(default=False, repr=False)
     _old_loaded: bool = field(default=False, repr=False)
     _mask: list[str] = field(default_factory=list, repr=False)
     _salt: str = field(default="", repr=False)
@@ -187,19 +185,16 @@ class Plan:
         max_bytes: int | None = None,
         *,
         typed: bool = True,
-        documents: bool = False,
         measure: Callable[[pa.Table], pa.Array | None] | None = None,
     ) -> Iterator[Outgoing]:
         """The send table cut into batches: one operation each, within both limits.
 
-        Without ``typed`` the batches carry the records as JSON only; with
-        ``documents`` they also carry each record's JSON document. ``measure``
+        Without ``typed`` the batches carry the records as JSON only. ``measure``
         (a destination's ``record_bytes``) sizes rows for ``max_bytes`` instead of
         the JSON estimate.
         """
-        self._typed, self._documents = typed, documents
-        cols = ", __document" if documents else ""
-        cols += "".join(", " + _q(c) for c in self.record_fields) if typed else ""
+        self._typed = typed
+        cols = "".join(", " + _q(c) for c in self.record_fields) if typed else ""
         audit = ", __old"
         if self._mask:
             audit += (f", {self._audit_sql('__old')} as __audit_old, "
@@ -245,7 +240,6 @@ class Plan:
             key_text=keys,
             table=table.select(self.record_fields if self._typed else []),
             fields=None if op == "delete" else table.column("__fields"),
-            documents=table.column("__document") if self._documents else None,
         )
         audit = ["__audit_old", "__audit_new"] if self._mask else ["__old"]
         return Outgoing(batch=batch, meta=table.select(
@@ -686,11 +680,7 @@ class Planner:
         con.execute(
             f"""
             create temp view send as
-            select *,
-                   case when __op = 'delete' then '{{"key":' || __key || '}}'
-                        else '{{"key":' || __key || ',"fields":' || coalesce(__fields, '{{}}')
-                             || '}}' end as __document
-            from (select __op, __ord, __cat, __key, __hash,
+            select * from (select __op, __ord, __cat, __key, __hash,
                          case when {present} then {fields_json} end as __fields, __old,
                          {", ".join(_q(c) for c in record)}
                   from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key,

@@ -453,7 +453,6 @@ def _deliver(
     )
     try:
         batches = plan.outgoing(batch_size, caps.max_bytes, typed=caps.typed_records,
-                                documents=caps.json_documents,
                                 measure=destination.record_bytes)
         deliverer.run(batches, on_results)
     except duckdb.OutOfMemoryException as exc:
