@@ -3,27 +3,42 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+# dbt for the tests lives in its own venv: it pins many libraries, which must not move ours.
+DBT_VENV ?= .venv-dbt
+DBT_STAMP := $(DBT_VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean example
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# The Airflow provider's tests run real Airflow: its own extras, never a plain install's.
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[airflow,openlineage]'
 	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
 	touch $(STAMP)
+
+$(DBT_STAMP): tests/dbt/requirements.txt
+	$(PYTHON) -m venv $(DBT_VENV)
+	$(DBT_VENV)/bin/pip install -q --disable-pip-version-check -r tests/dbt/requirements.txt
+	touch $(DBT_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/tidegate demo --dir .tidegate-demo
 
-test: $(STAMP)
-	$(PY) -m pytest
+# make example NAME=reengagement_list | product_usage_to_hubspot (see examples/*/README.md)
+example: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make example NAME=<a folder of examples/>"; exit 2; }
+	$(PY) examples/$(NAME)/run.py
+
+test: $(STAMP) $(DBT_STAMP)
+	TIDEGATE_TEST_DBT=$(abspath $(DBT_VENV))/bin/dbt $(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/run.py --out docs/performance.md
 
 clean:
-	rm -rf $(VENV) .tidegate-demo .bench
+	rm -rf $(VENV) $(DBT_VENV) .tidegate-demo .bench

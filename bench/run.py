@@ -2,8 +2,9 @@
 
     python bench/run.py --out docs/performance.md [--rows 1000000 10000000]
 
-Scale (plan time and peak RSS against DuckDB's own diff) and the side-by-side
-comparison with drt-core. Figures are measured on this machine, in this run.
+Scale (plan time and peak RSS against DuckDB's own diff), the side-by-side
+comparison with drt-core, and a 100,000-row Salesforce upsert into the sandbox
+org. Figures are measured on this machine, in this run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import peer  # noqa: E402
+import salesforce  # noqa: E402
 import scale  # noqa: E402
+import warehouse  # noqa: E402
 from receiver import CountingReceiver  # noqa: E402
 
 
@@ -38,7 +41,8 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
-def render(scales: list[dict[str, Any]], versus: dict[str, Any]) -> str:
+def render(scales: list[dict[str, Any]], versus: dict[str, Any],
+           sf: dict[str, Any] | None = None) -> str:
     lines = [
         "# Performance",
         "",
@@ -113,12 +117,14 @@ def render(scales: list[dict[str, Any]], versus: dict[str, Any]) -> str:
         "",
         *peer_verdicts(versus),
         "",
+        *(salesforce.render(sf) if sf is not None else []),
         "## Commands",
         "",
         "```sh",
         "make bench                                   # everything below, into this file",
         "python bench/scale.py --rows 1000000         # one scale point, JSON on stdout",
         "python bench/peer.py                         # the drt-core comparison, JSON",
+        "python bench/salesforce.py                   # the Salesforce upsert, JSON",
         "```",
         "",
     ]
@@ -173,6 +179,9 @@ def main() -> None:
         print(f"scale: {rows:,} rows …", flush=True)
         scales.append(scale.measure(rows))
         print(scales[-1], flush=True)
+    print("warehouse diff: 10,000,000 rows, local store and warehouse …", flush=True)
+    in_warehouse = warehouse.measure(10_000_000)
+    print(in_warehouse, flush=True)
     print("peer: tidegate and drt-core …", flush=True)
     drt = peer.ensure_drt_venv(HERE.parent / ".bench" / "drt-venv")
     receiver = CountingReceiver().start()
@@ -181,7 +190,11 @@ def main() -> None:
     finally:
         receiver.stop()
     print(versus, flush=True)
-    args.out.write_text(render(scales, versus), encoding="utf-8")
+    print("salesforce: a 100,000-row upsert into the sandbox org …", flush=True)
+    sf = salesforce.measure()
+    print(sf, flush=True)
+    args.out.write_text(render(scales, versus, sf), encoding="utf-8")
+    warehouse.write_section(args.out, warehouse.render(in_warehouse))
     print(f"wrote {args.out}")
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["airflow_env"]  # real Airflow for tests/airflow_provider, loaded lazily
+
 SECRET = "whsec_" + base64.b64encode(b"tidegate-test-signing-key-0123").decode()
 
 
@@ -19,6 +21,19 @@ def postgres() -> Iterator[Any]:
 
     with start_postgres() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def snowflake_server() -> Iterator[dict[str, Any]]:
+    import logging
+
+    import fakesnow
+
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
+    with fakesnow.server() as kwargs:
+        kwargs["network_timeout"] = 30
+        yield kwargs
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg
 import yaml
 
 
@@ -49,3 +50,19 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
         capture_output=True, text=True, timeout=timeout, cwd=cwd,
         env={**os.environ, **(env or {})},
     )
+
+
+# A destination table that logs every write it takes, to count deliveries per key.
+PG_TABLE = """
+create table public.accounts (id bigint primary key, name text, score bigint);
+create table writes (id bigint not null, op text not null);
+create function log_write() returns trigger language plpgsql as
+  $$ begin insert into writes values (new.id, tg_op); return new; end $$;
+create trigger log_write after insert or update on public.accounts
+  for each row execute function log_write();
+"""
+
+
+def write_log(url: str) -> dict[int, int]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("select id, count(*) from writes group by id").fetchall())

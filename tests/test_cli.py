@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -272,3 +273,81 @@ def test_sandbox_salesforce_grants_a_token_and_answers_describe() -> None:
         server.send_signal(signal.SIGINT)
         output = server.communicate(timeout=20)[0]
     assert "Traceback" not in output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_sandbox(*args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-m", "tidegate", "sandbox", *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert server.stdout is not None
+    first = server.stdout.readline()
+    assert "listening on http://127.0.0.1:" in first, first + server.stdout.read()
+    return server
+
+
+def _stop(server: Any) -> str:
+    import signal
+
+    server.send_signal(signal.SIGINT)
+    return str(server.communicate(timeout=20)[0])
+
+
+def test_sandbox_hubspot_checks_requests_against_hubspots_openapi() -> None:
+    import httpx
+
+    port = _free_port()
+    server = _start_sandbox("hubspot", "--port", str(port), "--token", "pat-cli")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                          headers={"authorization": "Bearer pat-cli"})
+    try:
+        props = client.get("/crm/v3/properties/contacts")
+        assert props.status_code == 200
+        assert "email" in {p["name"] for p in props.json()["results"]}
+        created = client.post("/crm/v3/properties/contacts", json={
+            "name": "score", "label": "Score", "type": "number", "fieldType": "number",
+            "groupName": "contactinformation"})
+        assert created.status_code == 201 and created.json()["hubspotDefined"] is False
+        ok = client.post("/crm/v3/objects/contacts/batch/upsert", json={"inputs": [
+            {"id": "ada@example.com", "idProperty": "email",
+             "properties": {"firstname": "Ada", "score": "7"}}]})
+        assert ok.status_code == 200 and ok.json()["results"][0]["new"] is True
+        bad = client.post("/crm/v3/objects/contacts/batch/create",
+                          json={"inputs": [{"properties": {"firstname": 7}}]})
+        assert bad.status_code == 400
+        assert "'associations' is a required property" in bad.json()["message"]
+        assert client.get("/crm/v3/properties/contacts",
+                          headers={"authorization": "Bearer nope"}).status_code == 401
+    finally:
+        client.close()
+        output = _stop(server)
+    assert "upsert contacts: 1 written" in output and "Traceback" not in output
+
+
+def test_sandbox_iterable_keeps_list_members() -> None:
+    import httpx
+
+    port = _free_port()
+    server = _start_sandbox("iterable", "--port", str(port), "--api-key", "k-cli")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Api-Key": "k-cli"})
+    try:
+        answer = client.post("/api/lists/subscribe", json={"listId": 1, "subscribers": [
+            {"email": "ada@example.com"}, {"email": "nope"}]}).json()
+        assert answer["successCount"] == 1
+        assert answer["failedUpdates"]["invalidEmails"] == ["nope"]
+        assert client.get("/api/lists/getUsers", params={"listId": 1}).text == "ada@example.com"
+    finally:
+        client.close()
+        output = _stop(server)
+    assert "lists/subscribe 1: 1 subscribed, 1 failed" in output and "Traceback" not in output

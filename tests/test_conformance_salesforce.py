@@ -1,4 +1,5 @@
-"""The conformance kit over the Salesforce destination and the sandbox org."""
+"""The conformance kit over the Salesforce destination and the sandbox org, on both write
+paths: sObject Collections, and Bulk API 2.0 (a target whose every run is over the threshold)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ KEY = "Item_Key__c"
 class SalesforceUnderTest:
     modes = frozenset({"insert", "update", "upsert", "delete", "mirror"})
 
-    def __init__(self, org: SalesforceSandbox) -> None:
+    def __init__(self, org: SalesforceSandbox, **extra: Any) -> None:
         self.org = org
+        self.extra = extra
 
     def settings(self) -> dict[str, Any]:
         return {"type": "salesforce", "login_url": self.org.url,
-                "auth": {"client_id": "kit", "client_secret": "kit-secret"}}
+                "auth": {"client_id": "kit", "client_secret": "kit-secret"}, **self.extra}
 
     def sync_options(self) -> dict[str, Any]:
         return {"match": {"source": "id", "destination": KEY}}
@@ -55,3 +57,11 @@ class TestSalesforceConformance(ConformanceKit, TransientScenarios):
     def target(self) -> Iterator[SalesforceUnderTest]:
         with SalesforceSandbox(client_id="kit", client_secret="kit-secret") as org:
             yield SalesforceUnderTest(org)
+
+
+class TestSalesforceBulkConformance(ConformanceKit, TransientScenarios):
+    @pytest.fixture
+    def target(self) -> Iterator[SalesforceUnderTest]:
+        with SalesforceSandbox(client_id="kit", client_secret="kit-secret") as org:
+            yield SalesforceUnderTest(org, bulk_threshold=0, bulk_poll_interval_s=0.005)
+            assert org.job_count > 0, "every run went through Bulk API 2.0"

@@ -62,20 +62,33 @@ def test_a_mirror_sync_creates_updates_and_deletes_accounts(project_dir: Path,
     assert held["acc-1"]["APS__c"] == 1.5 and "acc-9" not in held and len(held) == 29
     with Project.load(project_dir, env=ENV) as p:
         report = p.show(second["run_id"])["destination_report"]
-    assert report == {"api_usage": org.api_usage, "api_limit": org.daily_limit}
+    assert report == {"api_usage": org.api_usage, "api_limit": org.daily_limit,
+                      "write_path": "collections"}
 
 
-def test_values_a_field_cannot_hold_reject_their_rows(project_dir: Path,
-                                                      org: SalesforceSandbox) -> None:
+def test_values_a_field_cannot_hold_are_invalid_in_the_plan_and_never_sent(
+    project_dir: Path, org: SalesforceSandbox,
+) -> None:
     setup(project_dir, org)
     with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
         con.execute("update scores set aps = 12345.5 where account_id = 'acc-4'")  # 5,2
-    result = run(project_dir)
-    assert result["status"] == "partial" and result["rejected"] == 1
+        con.execute("update scores set name = '' where account_id = 'acc-5'")  # required
     with Project.load(project_dir, env=ENV) as p:
-        rows = p.show(result["run_id"])["rows"]
-    assert rows[0]["key"] == "acc-4" and "does not fit 5 digits" in rows[0]["error"]
-    assert "acc-4" not in accounts(org) and len(accounts(org)) == 29
+        planned = p.plan("aps")
+    assert planned["planned"]["invalid"] == 2 and planned["planned"]["added"] == 28
+    assert planned["invalid_reasons"] == {
+        "APS__c does not fit 5 digits with 2 after the point": 1,
+        "Name is required and the value is empty": 1}
+    result = run(project_dir)
+    assert result["status"] == "partial" and result["rejected"] == 0
+    assert result["planned"]["invalid"] == 2 and result["delivered"]["created"] == 28
+    with Project.load(project_dir, env=ENV) as p:
+        rows = {r["key"]: r for r in p.show(result["run_id"])["rows"]}
+    assert rows["acc-4"]["kind"] == "invalid" and "does not fit 5 digits" in rows["acc-4"]["error"]
+    assert "acc-4" not in accounts(org) and "acc-5" not in accounts(org)
+    assert len(accounts(org)) == 28
+    again = run(project_dir)  # still invalid, still not sent; nothing else to do
+    assert again["planned"]["invalid"] == 2 and again["planned"]["added"] == 0
 
 
 def test_a_mapping_to_a_field_the_object_lacks_is_a_config_error(project_dir: Path,

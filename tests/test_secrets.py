@@ -80,3 +80,35 @@ def test_secrets_never_leak(project_dir: Path, receiver: WebhookReceiver, pg_url
     for secret in (SECRET, key, PG_PASSWORD, SLACK_TOKEN, SMTP_PASSWORD):
         assert secret not in haystack, f"{secret[:6]}… leaked"
     assert "echoing your secret back: ***" in haystack
+
+
+def test_hubspot_tokens_and_iterable_keys_never_leak(project_dir: Path) -> None:
+    from tidegate.sandbox.hubspot import HubSpotSandbox, Property
+    from tidegate.sandbox.iterable import IterableSandbox
+
+    token, api_key = "pat-na1-S3cretHubSpotToken", "it-S3cretIterableKey"
+    warehouse(project_dir / "warehouse.duckdb", 30)
+    with HubSpotSandbox(token=token) as portal, IterableSandbox(api_key=api_key) as it:
+        portal.add_property("companies", Property("score", "number", "number"))
+        portal.add_property("companies", Property("account_key", "string", "text",
+                                                  unique=True))
+        # A portal that echoes the token in a refusal: the reason is kept, the token not.
+        portal.refuse("account_key", ["3"], f"was refused for {token}")
+        project(project_dir,
+                {"hs": {"type": "hubspot", "base_url": portal.url, "token": "${HS_TOKEN}"},
+                 "it": {"type": "iterable", "base_url": it.url, "api_key": "${IT_KEY}"}},
+                {"to_hs": sync("hs", object="companies",
+                               match={"source": "id", "destination": "account_key"}),
+                 "to_it": sync("it", object="list:1",
+                               match={"source": "id", "destination": "userId"})})
+        outputs = []
+        env = {"HS_TOKEN": token, "IT_KEY": api_key, "TIDEGATE_LOG": "debug"}
+        for args in (["run", "to_hs", "--json"], ["run", "to_it"], ["show", "1", "--json"],
+                     ["validate", "--connections"]):
+            result = cli(*args, "--project", str(project_dir), env=env)
+            outputs += [result.stdout, result.stderr]
+        assert len(portal.records("companies")) == 29 and len(it.members(1)) == 30
+    haystack = "\n".join(outputs) + everything_written(project_dir)
+    assert "was refused for ***" in haystack
+    for secret in (token, api_key):
+        assert secret not in haystack, f"{secret[:6]}… leaked"

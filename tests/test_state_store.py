@@ -184,19 +184,38 @@ def test_version_one_state_moves_into_segments(tmp_path: Path) -> None:
 def test_a_run_that_leaves_many_small_segments_compacts_them(
     tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
+    """An hourly sync that changes a row or two each run: its segments grow many and
+    small, until the run that leaves too many of them compacts them into one."""
+    import duckdb
+
     warehouse(tmp_path / "warehouse.duckdb", 150)
     project(tmp_path, {"hook": {"type": "webhook", "url": receiver.url,
                                 "secret": "${HOOK_SECRET}"}},
-            {"accounts": sync(batch_size=1, concurrency=1)})
+            {"accounts": sync()})
     assert run(tmp_path)["delivered"]["created"] == 150
+
+    def segment_count() -> int:
+        with Project.load(tmp_path, env={"HOOK_SECRET": SECRET}) as p, \
+                p.store.transaction() as tx:
+            return int(tx.scalar("select count(*) from tidegate_state_segments"))
+
+    counts = []
+    for hour in range(1, 80):
+        with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+            con.execute(f"update accounts set score = score + 1 where id = {hour % 150}")
+        assert run(tmp_path)["delivered"]["updated"] == 1
+        counts.append(segment_count())
+        if counts[-1] < hour + 1:
+            break
+    # One segment more each run, then compaction at the threshold: a single segment.
+    assert counts[:-1] == list(range(2, len(counts) + 1)) and counts[-1] == 1
+    assert len(counts) - 1 > 60
     with Project.load(tmp_path, env={"HOOK_SECRET": SECRET}) as p:
-        with p.store.transaction() as tx:
-            assert tx.scalar("select count(*) from tidegate_state_segments") == 1
         assert state.compaction_due(p.store, "accounts", live=150) is False
         # The snapshot was relabelled with the version compaction left.
         assert state.read_hashes(p.store, "accounts", p.snapshot_dir).from_snapshot
         rows = state.records(p.store, "accounts")
-    assert len(rows) == 150 and json.loads(rows["7"] or "") == {"name": "acct 7", "score": 91}
+    assert len(rows) == 150 and json.loads(rows["7"] or "") == {"name": "acct 7", "score": 92}
     for snapshot in (tmp_path / ".tidegate" / "snapshots").glob("*.arrow"):
         snapshot.unlink()
     assert run(tmp_path)["planned"]["unchanged"] == 150

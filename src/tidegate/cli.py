@@ -29,6 +29,7 @@ with quietly(freeze=True):  # this process is the command's own
     from tidegate.progress import NullReporter, Reporter, RichReporter
     from tidegate.project import Project
     from tidegate.redact import install_log_filter, redact
+    from tidegate.shard import Shard
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_REJECTED = 0, 1, 2, 3, 4
 STATUS_EXIT = {"succeeded": EXIT_OK, "planned": EXIT_OK, "partial": EXIT_REJECTED,
@@ -51,6 +52,14 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.",
                                           show_default="current folder")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", metavar="I/N",
+    help="Only the keys of shard I of N (by a stable hash of the key); "
+         "the N shards may run at once.")]
+
+
+def _shard(spec: str | None) -> Shard | None:
+    return None if spec is None else Shard.parse(spec)
 
 
 def _emit_json(doc: Any) -> None:
@@ -166,14 +175,17 @@ def plan(
     sync: Annotated[str, typer.Argument(help="Sync name.")],
     project: ProjectOpt = Path("."),
     full: Annotated[bool, typer.Option("--full", help="Ignore state: plan every row.")] = False,
+    shard: ShardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a run would do: counts, sample rows per category. Sends nothing."""
     proj = _load(project, as_json)
 
     def go() -> int:
+        part = _shard(shard)
         with proj:
-            result = proj.plan(sync, full=full)
+            result = proj.plan(sync, full=full, shard=part.index if part else None,
+                               shards=part.count if part else None)
         if as_json:
             _emit_json(result)
         else:
@@ -194,15 +206,27 @@ def run(
     = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Skip the guardrails (the run records that it was forced).")] = False,
+    select: Annotated[list[str] | None, typer.Option(
+        "--select", "-s", help="Syncs whose dbt models match, dbt-style: tag:hourly, a model "
+        "name; spaces mean any, commas all.")] = None,
+    shard: ShardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan, judge and deliver syncs, with a progress bar and a summary table."""
     proj = _load(project, as_json)
     names = sorted(proj.syncs) if all_syncs else list(syncs or [])
+    if select:
+        from tidegate.dbt import select as select_syncs
+
+        try:
+            names += [n for n in select_syncs(proj.syncs, select) if n not in names]
+        except ConfigError as exc:
+            _fail(exc, as_json)
     if not names:
-        _fail(ConfigError("name at least one sync, or pass --all"), as_json)
+        _fail(ConfigError("name at least one sync, or pass --all or --select"), as_json)
 
     def go() -> int:
+        part = _shard(shard)
         results = []
         with proj:
             for name in names:
@@ -212,7 +236,8 @@ def run(
                     RichReporter(name) if sys.stderr.isatty() and not as_json else NullReporter()
                 )
                 results.append(proj.run(name, full=full, dry_run=dry_run, force=force,
-                                        reporter=reporter))
+                                        reporter=reporter, shard=part.index if part else None,
+                                        shards=part.count if part else None))
         if as_json:
             _emit_json(results[0] if len(results) == 1 else {"runs": results})
         elif dry_run:
@@ -334,6 +359,9 @@ def show(
                   f"started {result['started_at']}, {result['batches']} batch(es)")
         if result["error"]:
             out.print(f"[yellow]{escape(result['error'])}[/yellow]", markup=True)
+        if result.get("destination_report"):
+            out.print("destination: " + ", ".join(
+                f"{k} {v}" for k, v in result["destination_report"].items()))
         rows = result["rows"]
         if rows:
             table = Table("kind", "key", "attempt", "error", title="rows not delivered")
@@ -453,6 +481,47 @@ def sandbox_salesforce(
         public_key = public_key_file.read_text() if public_key_file is not None else None
         serve(port, client_id, client_secret, consumer_key=consumer_key, public_key=public_key,
               daily_limit=daily_limit, hard_delete_allowed=hard_delete_allowed)
+        return EXIT_OK
+
+    _guard(False, go)
+
+
+@sandbox_app.command("hubspot")
+def sandbox_hubspot(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8792,
+    token: Annotated[str, typer.Option(
+        "--token", envvar="TIDEGATE_HUBSPOT_TOKEN", help="Private app token to accept.")]
+    = "pat-na1-tidegate-sandbox",
+    burst: Annotated[int, typer.Option(
+        "--burst", help="Requests per 10 seconds before 429 TEN_SECONDLY_ROLLING.")] = 100,
+    daily_limit: Annotated[int, typer.Option(
+        "--daily-limit", help="Requests a day before 429 DAILY.")] = 250_000,
+) -> None:
+    """A local portal that follows HubSpot's CRM v3 contract, every request checked against
+    HubSpot's published OpenAPI documents: properties, batch create/read/update/upsert/archive,
+    207 multi-status, rate limits."""
+    from tidegate.sandbox.hubspot import serve
+
+    def go() -> int:
+        serve(port, token, burst=burst, daily_limit=daily_limit)
+        return EXIT_OK
+
+    _guard(False, go)
+
+
+@sandbox_app.command("iterable")
+def sandbox_iterable(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8793,
+    api_key: Annotated[str, typer.Option(
+        "--api-key", envvar="TIDEGATE_ITERABLE_KEY", help="Api-Key to accept.")]
+    = "tidegate-sandbox-iterable-key",
+) -> None:
+    """A local project that follows Iterable's API: users/bulkUpdate, lists subscribe and
+    unsubscribe, events/trackBulk, failures reported inside a 200, rate limits."""
+    from tidegate.sandbox.iterable import serve
+
+    def go() -> int:
+        serve(port, api_key)
         return EXIT_OK
 
     _guard(False, go)

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -45,6 +46,7 @@ class Strict(BaseModel):
 class DuckDBSourceConfig(Strict):
     type: Literal["duckdb"]
     path: str = ":memory:"
+    read_only: bool = False  # `diff: warehouse` keeps its snapshot in the file unless set
 
 
 class SQLiteSourceConfig(Strict):
@@ -62,10 +64,67 @@ class SQLiteSourceConfig(Strict):
 class SQLAlchemySourceConfig(Strict):
     type: Literal["postgres", "postgresql", "sqlalchemy"]
     url: SecretStr
+    read_only: bool = False
+
+
+class SnowflakeSourceConfig(Strict):
+    """Snowflake through its connector; password or key-pair auth, secrets from env."""
+
+    type: Literal["snowflake"]
+    account: str
+    user: str
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None  # PEM text, e.g. "${SNOWFLAKE_PRIVATE_KEY}"
+    private_key_path: str | None = None
+    private_key_passphrase: SecretStr | None = None
+    warehouse: str | None = None
+    database: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    role: str | None = None
+    # A proxy, PrivateLink endpoint or local emulator instead of <account>.snowflakecomputing.com.
+    host: str | None = None
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    protocol: Literal["https", "http"] = "https"
+    network_timeout: int | None = Field(default=None, gt=0)  # seconds, per request
+    read_only: bool = False
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> SnowflakeSourceConfig:
+        given = [k for k in ("password", "private_key", "private_key_path")
+                 if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `password`, `private_key` (PEM text from an "
+                             "environment variable) or `private_key_path`")
+        if self.private_key_passphrase is not None and given[0] == "password":
+            raise ValueError("`private_key_passphrase` goes with `private_key` or "
+                             "`private_key_path`, not `password`")
+        return self
+
+
+class BigQuerySourceConfig(Strict):
+    """BigQuery through sqlalchemy-bigquery; credentials from a file, env, or the
+    environment's Application Default Credentials."""
+
+    type: Literal["bigquery"]
+    project: str
+    dataset: str | None = None
+    location: str | None = None
+    credentials_path: str | None = None
+    credentials_base64: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> BigQuerySourceConfig:
+        if self.credentials_path is not None and self.credentials_base64 is not None:
+            raise ValueError("give at most one of `credentials_path` or `credentials_base64`")
+        return self
 
 
 SourceConfig = Annotated[
-    DuckDBSourceConfig | SQLiteSourceConfig | SQLAlchemySourceConfig,
+    DuckDBSourceConfig
+    | SQLiteSourceConfig
+    | SQLAlchemySourceConfig
+    | SnowflakeSourceConfig
+    | BigQuerySourceConfig,
     Field(discriminator="type"),
 ]
 
@@ -160,11 +219,23 @@ class Guardrails(Strict):
         return self.max_deviation
 
 
+class DbtModelRef(Strict):
+    """A dbt model by name, resolved from the dbt project's ``target/manifest.json``."""
+
+    dbt: str
+    dbt_project: str | None = None  # the folder with dbt_project.yml; default: the project's
+    _resolved: Any = PrivateAttr(default=None)  # tidegate.dbt.DbtModel, set while loading
+
+
 class SyncConfig(Strict):
     source: str
     query: str | None = None
     table: str | None = None
-    primary_key: str | list[str]
+    model: DbtModelRef | None = None
+    # Optional only for a dbt model, whose unique test gives the default (``tidegate.dbt``).
+    primary_key: str | list[str] | None = None
+    # Where added / changed / removed are computed: the local state store, or the warehouse.
+    diff: Literal["local", "warehouse"] = "local"
     destination: str
     object: str
     mode: Mode
@@ -187,13 +258,19 @@ class SyncConfig(Strict):
 
     @model_validator(mode="after")
     def _model_given_once(self) -> SyncConfig:
-        if (self.query is None) == (self.table is None):
-            raise ValueError("give exactly one of `query` or `table` as the model")
+        given = [k for k in ("query", "table", "model") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `query` or `table` (or `model: {dbt: NAME}`) "
+                             "as the model")
+        if self.primary_key is None and self.model is None:
+            raise ValueError("required key 'primary_key' is missing; add `primary_key: ...`")
         return self
 
     @property
     def key_columns(self) -> list[str]:
         pk = self.primary_key
+        if pk is None:
+            return []
         return [pk] if isinstance(pk, str) else list(pk)
 
     @property
@@ -319,7 +396,8 @@ def problems_from(
     return out
 
 
-SOURCE_TYPES = ("duckdb", "sqlite", "postgres", "postgresql", "sqlalchemy")
+SOURCE_TYPES = ("duckdb", "sqlite", "postgres", "postgresql", "sqlalchemy", "snowflake",
+                "bigquery")
 
 
 def _strip_union_tag(loc: tuple[Any, ...], base: Path_) -> tuple[Any, ...]:
@@ -356,25 +434,31 @@ ExtraCheck = Callable[
 
 
 def load_project_config(
-    root: Path, env: Mapping[str, str] | None = None, extra_check: ExtraCheck | None = None
+    root: Path, env: Mapping[str, str] | None = None, extra_check: ExtraCheck | None = None,
+    *, data: dict[str, Any] | None = None, origin: str = PROJECT_FILE,
 ) -> ProjectConfig:
     """Load and validate a project folder; raise ConfigError listing every problem.
 
     ``extra_check`` adds problems found by code that knows more than this module
     (destination plugins validate their own settings), so all are reported at once.
+    With ``data``, that is the project's settings instead of the folder's files
+    (an inline job); problems then name ``origin`` instead of a file.
     """
     root = root.resolve()
     project_file = root / PROJECT_FILE
-    if not project_file.is_file():
+    if data is not None:
+        docs = [YamlDoc(file=origin, data=data)]
+    elif not project_file.is_file():
         raise ConfigError(
             Problem(
                 f"no {PROJECT_FILE} in {root}",
                 fix=f"run `tidegate init {root}` to create a project, or pass --project DIR",
             )
         )
-    docs = [load_yaml(project_file, PROJECT_FILE, env)]
+    else:
+        docs = [load_yaml(project_file, PROJECT_FILE, env)]
     syncs_dir = root / SYNCS_DIR
-    if syncs_dir.is_dir():
+    if syncs_dir.is_dir() and data is None:
         for path in sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]):
             docs.append(load_yaml(path, f"{SYNCS_DIR}/{path.name}", env))
     problems = [p for d in docs for p in d.problems]
@@ -401,6 +485,13 @@ def load_project_config(
         sync = _validate_sync(name, loc, problems)
         if sync is not None:
             syncs[name] = sync
+    if any(s.model is not None for s in syncs.values()):
+        from tidegate.dbt import resolve_models  # reads manifests only for projects using dbt
+
+        raw_sources = data.get("sources")
+        sources: dict[str, Any] = raw_sources if isinstance(raw_sources, dict) else {}
+        types = {n: str(b.get("type")) for n, b in sources.items() if isinstance(b, dict)}
+        problems += resolve_models(root, syncs, raw_syncs, types)
 
     dest_origin = {
         name: Located(body if isinstance(body, dict) else {}, main, ("destinations", name))
@@ -443,6 +534,12 @@ def _validate_writeback(settings: ProjectSettings, doc: YamlDoc, problems: list[
         path = ("writeback", "source")
         problems.append(unknown("source", config.source, list(settings.sources), file=doc.file,
                                 line=doc.line_of(path), key="writeback.source"))
+        return None
+    if isinstance(settings.sources[config.source], SnowflakeSourceConfig | BigQuerySourceConfig):
+        path = ("writeback", "source")
+        problems.append(Problem("write-back goes to DuckDB, SQLite or PostgreSQL sources",
+                                doc.file, doc.line_of(path), "writeback.source",
+                                "name one of those sources"))
         return None
     return config
 
@@ -525,7 +622,14 @@ def _validate_sync(name: str, loc: Located, problems: list[Problem]) -> SyncConf
     try:
         return SyncConfig.model_validate(body)
     except ValidationError as exc:
-        problems += problems_from(exc, loc.doc, loc.path, SyncConfig)
+        found = problems_from(exc, loc.doc, loc.path, SyncConfig)
+        if "primary_key" not in body and "model" not in body and not any(
+                "primary_key" in p.message for p in found):
+            # Optional in the model (a dbt model can give it), so pydantic does not say so.
+            found.append(Problem("required key 'primary_key' is missing", loc.doc.file,
+                                 loc.doc.line_of(loc.path), ".".join(map(str, loc.path)) or None,
+                                 "add `primary_key: ...`"))
+        problems += found
         return None
 
 
@@ -570,3 +674,6 @@ def _register_secrets(settings: ProjectSettings) -> None:
             redact.register_url(source.url.get_secret_value())
         elif isinstance(source, SQLiteSourceConfig):
             redact.register_url(source.url)
+        for value in source.__dict__.values():
+            if isinstance(value, SecretStr):
+                redact.register(value.get_secret_value())

@@ -11,8 +11,7 @@ Tables of one plan (DuckDB, temporary):
            __hash, the record's columns under destination names
     diff   keys whose fate is not "unchanged": __key, __cat (added/changed/removed)
     send   what the sync's mode sends, in order: __op, __cat, __key, __hash,
-           __fields (the mapped values as JSON text), the record's columns,
-           __document (the record as a JSON {"key", "fields"} document)
+           __fields (the mapped values as JSON text), the record's columns
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from tidegate.config import Mode, SyncConfig
 from tidegate.destinations.base import Batch, Operation
 from tidegate.errors import SourceError
 from tidegate.guard import RowCheck, row_checks
+from tidegate.shard import Shard
 from tidegate.sources.base import ModelQueryError
 
 # What each mode sends for each category of key (SPEC §3).
@@ -123,7 +123,6 @@ class Plan:
     # Checks with ``hold`` that rows to send fail, and how many rows fail each.
     check_holds: list[tuple[RowCheck, int]] = field(default_factory=list)
     _typed: bool = field(default=True, repr=False)
-    _documents: bool = field(default=False, repr=False)
     _old_loaded: bool = field(default=False, repr=False)
     _mask: list[str] = field(default_factory=list, repr=False)
     _salt: str = field(default="", repr=False)
@@ -186,16 +185,16 @@ class Plan:
         max_bytes: int | None = None,
         *,
         typed: bool = True,
-        documents: bool = False,
+        measure: Callable[[pa.Table], pa.Array | None] | None = None,
     ) -> Iterator[Outgoing]:
         """The send table cut into batches: one operation each, within both limits.
 
-        Without ``typed`` the batches carry the records as JSON only; with
-        ``documents`` they also carry each record's JSON document.
+        Without ``typed`` the batches carry the records as JSON only. ``measure``
+        (a destination's ``record_bytes``) sizes rows for ``max_bytes`` instead of
+        the JSON estimate.
         """
-        self._typed, self._documents = typed, documents
-        cols = ", __document" if documents else ""
-        cols += "".join(", " + _q(c) for c in self.record_fields) if typed else ""
+        self._typed = typed
+        cols = "".join(", " + _q(c) for c in self.record_fields) if typed else ""
         audit = ", __old"
         if self._mask:
             audit += (f", {self._audit_sql('__old')} as __audit_old, "
@@ -207,6 +206,10 @@ class Plan:
         carry: pa.Table | None = None
         for chunk in reader:
             table = pa.Table.from_batches([chunk])
+            if measure is not None and max_bytes is not None:
+                sizes = measure(table)
+                if sizes is not None:
+                    table = table.append_column("__size", sizes.cast(pa.int64()))
             if carry is not None:
                 table = pa.concat_tables([carry, table])
             cuts = _cuts(table, max_records, max_bytes)
@@ -237,7 +240,6 @@ class Plan:
             key_text=keys,
             table=table.select(self.record_fields if self._typed else []),
             fields=None if op == "delete" else table.column("__fields"),
-            documents=table.column("__document") if self._documents else None,
         )
         audit = ["__audit_old", "__audit_new"] if self._mask else ["__old"]
         return Outgoing(batch=batch, meta=table.select(
@@ -316,18 +318,26 @@ class Planner:
         *,
         workdir: Path | None = None,
         memory_limit: str = "1GB",
+        shard: Shard | None = None,
+        screen: Callable[[pa.Table], pa.Array | None] | None = None,
     ) -> None:
         self.sync_name = sync_name
         self.sync = sync
         self.workdir = workdir
         self.memory_limit = memory_limit
+        self.shard = shard  # plan only the model rows whose key this shard owns
+        # The destination's check of values its schema cannot take (``invalid_values``).
+        self.screen = screen
 
     def plan(
-        self, model: pa.RecordBatchReader | AttachedModel, state: pa.Table, *, full: bool = False
+        self, model: pa.RecordBatchReader | AttachedModel, state: pa.Table, *, full: bool = False,
+        hash_column: str | None = None,
     ) -> Plan:
+        """``hash_column`` names a model column that already holds each row's hash (the
+        warehouse diff's), used instead of hashing here."""
         con, workdir = self._connect()
         try:
-            return self._plan(con, workdir, model, state, full)
+            return self._plan(con, workdir, model, state, full, hash_column)
         except BaseException:
             con.close()
             if workdir is not None:
@@ -357,10 +367,11 @@ class Planner:
         model: pa.RecordBatchReader | AttachedModel,
         state: pa.Table,
         full: bool,
+        hash_column: str | None = None,
     ) -> Plan:
         sync = self.sync
         source_sql, schema = self._open_model(con, model)
-        columns = list(schema.names)
+        columns = [c for c in schema.names if c != hash_column]
         keys = sync.key_columns
         match = sync.match_columns
         mapping = self._mapping(columns)
@@ -389,6 +400,8 @@ class Planner:
         null_key = " or ".join(f"{_q(k)} is null" for k in keys)
         select = ", ".join(f"{expr} as {_q(dst)}" for dst, expr in exprs.items())
         fields_struct = ", ".join(f"{_q(f)} := {exprs[f]}" for f in mapped)
+        hashed = (f"cast({_q(hash_column)} as bigint)" if hash_column else
+                  f"cast(hash(struct_pack({fields_struct}), $sig) >> 1 as bigint)")
         try:
             con.execute(
                 f"""
@@ -396,11 +409,12 @@ class Planner:
                 select {key_json} as __key,
                        case when {null_key} then 'primary key ({", ".join(keys)}) is null' end
                            as __invalid,
-                       cast(hash(struct_pack({fields_struct}), $sig) >> 1 as bigint) as __hash,
+                       {hashed} as __hash,
                        {select}
                 from {source_sql}
+                {"" if self.shard is None else "where " + self.shard.sql(key_json)}
                 """,
-                {"sig": signature},
+                {} if hash_column else {"sig": signature},
             )
         except duckdb.Error as exc:
             if isinstance(model, AttachedModel):
@@ -421,6 +435,7 @@ class Planner:
         con.register("st", state)
         self._diff(con, full)
         con.unregister("st")
+        self._screen(con, list(record))
         holds = self._holds(con, checks)
         counts = self._counts(con)
         to_send = self._send_view(con, record, mapped, keys)
@@ -476,6 +491,36 @@ class Planner:
                     {"why": rule.reason},
                 )
         return [r for r in rules if r.hold]
+
+    def _screen(self, con: duckdb.DuckDBPyConnection, record: list[str]) -> None:
+        """Rows the destination's schema cannot take become invalid and leave the diff.
+
+        Only rows the mode sends with values (not deletes) are shown to ``screen``, a
+        chunk at a time, so memory stays bounded and an unchanged model costs nothing.
+        """
+        cats = [cat for cat, op in SENDS[self.sync.mode].items() if op != "delete"]
+        if self.screen is None or not cats:
+            return
+        cols = ", ".join(f"m.{_q(c)}" for c in record)
+        reader = con.sql(
+            f"select d.__key, {cols} from diff d join m on m.rowid = d.__rid "
+            f"where d.__cat in ({', '.join(_lit(c) for c in cats)})"
+        ).to_arrow_reader(_CHUNK_ROWS)
+        found: list[pa.Table] = []
+        for chunk in reader:
+            reasons = self.screen(pa.Table.from_batches([chunk]).drop_columns(["__key"]))
+            if reasons is not None:
+                hit = pc.is_valid(reasons)
+                found.append(pa.table({"key": chunk.column(0).filter(hit),
+                                       "reason": pc.filter(reasons, hit)}))
+        screened = pa.concat_tables(found) if found else None
+        if screened is None or not screened.num_rows:
+            return
+        con.register("screened", screened)
+        con.execute("update m set __invalid = s.reason from screened s "
+                    "where m.__key = s.key and m.__invalid is null")
+        con.execute("delete from diff where __key in (select key from screened)")
+        con.unregister("screened")
 
     def _holds(
         self, con: duckdb.DuckDBPyConnection, rules: list[RowCheck]
@@ -635,11 +680,7 @@ class Planner:
         con.execute(
             f"""
             create temp view send as
-            select *,
-                   case when __op = 'delete' then '{{"key":' || __key || '}}'
-                        else '{{"key":' || __key || ',"fields":' || coalesce(__fields, '{{}}')
-                             || '}}' end as __document
-            from (select __op, __ord, __cat, __key, __hash,
+            select * from (select __op, __ord, __cat, __key, __hash,
                          case when {present} then {fields_json} end as __fields, __old,
                          {", ".join(_q(c) for c in record)}
                   from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key,
@@ -668,7 +709,9 @@ def _cuts(
     changes = pc.indices_nonzero(pc.not_equal(ops.slice(1), ops.slice(0, n - 1))).to_pylist()
     ends = [*(c + 1 for c in changes), n]
     sizes: pa.Array | None = None
-    if max_bytes is not None:
+    if max_bytes is not None and "__size" in table.column_names:
+        sizes = pc.cumulative_sum(table.column("__size")).combine_chunks()
+    elif max_bytes is not None:
         lengths = pc.add(
             pc.binary_length(table.column("__key")).cast(pa.int64()),
             pc.binary_length(table.column("__fields").fill_null(_EMPTY)).cast(pa.int64()),

@@ -28,6 +28,7 @@ from tidegate.deliver import RetryPolicy
 from tidegate.destinations.base import Destination, DestinationConfig, Operation, SyncTarget
 from tidegate.errors import ConfigError, Problem, TidegateError
 from tidegate.progress import NullReporter, Reporter
+from tidegate.shard import Shard
 from tidegate.sources import Source, open_source
 from tidegate.store import Store
 
@@ -55,9 +56,31 @@ class Project:
         self.memory_limit = os.environ.get("TIDEGATE_MEMORY_LIMIT", "256MB")
 
     @classmethod
-    def load(cls, path: str | Path = ".", env: Mapping[str, str] | None = None) -> Project:
-        """Load the project in ``path``; raise ConfigError listing every problem."""
-        return cls(load_project_config(Path(path), env, _check_destinations))
+    def load(cls, path: str | Path = ".", env: Mapping[str, str] | None = None, *,
+             state: str | None = None) -> Project:
+        """Load the project in ``path``; raise ConfigError listing every problem.
+
+        ``state`` replaces the project's state store URL (e.g. one an orchestrator holds).
+        """
+        project = cls(load_project_config(Path(path), env, _check_destinations))
+        if state is not None:
+            redact.register_url(state)
+            project.config.settings.state = state
+        return project
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], root: str | Path, *,
+                  origin: str = "inline project") -> Project:
+        """A project from settings given as data (``tidegate.yml``'s keys), not files.
+
+        ``root`` holds what a project folder would (``.tidegate/``: the default state
+        store, snapshots, work files). Values are taken as given: no ``${VAR}``
+        interpolation. Problems name ``origin`` where a file would be named.
+        """
+        path = Path(root)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(load_project_config(path, None, _check_destinations, data=dict(data),
+                                       origin=origin))
 
     @property
     def name(self) -> str:
@@ -112,11 +135,12 @@ class Project:
         cls = destinations.load(str(raw["type"]))
         return cls, cls.config_model.model_validate(raw)
 
-    def plan(self, name: str, *, full: bool = False) -> dict[str, Any]:
+    def plan(self, name: str, *, full: bool = False, shard: int | None = None,
+             shards: int | None = None) -> dict[str, Any]:
         """What a run of ``name`` would do now; sends nothing, records nothing."""
         from tidegate.sync import plan_only
 
-        return plan_only(self, name, full=full)
+        return plan_only(self, name, full=full, shard=Shard.of(shard, shards))
 
     def run(
         self,
@@ -126,20 +150,25 @@ class Project:
         dry_run: bool = False,
         force: bool = False,
         reporter: Reporter | None = None,
+        shard: int | None = None,
+        shards: int | None = None,
         queued: int | None = None,
     ) -> dict[str, Any]:
         """Plan, judge and deliver ``name``; return the run summary (SPEC §4 ``--json``).
 
         A plan that trips a guardrail is held: status ``held``, nothing sent.
         ``force`` skips the guardrails, and the run records that it was forced.
+        ``shard`` of ``shards`` runs only the keys whose stable hash falls in that
+        shard (``tidegate.shard``); the shards of one split may run at the same time.
         ``queued`` runs that queued run (see ``enqueue``) rather than a new one.
         """
         from tidegate.sync import run_sync
 
         if dry_run:
-            return self.plan(name, full=full)
+            return self.plan(name, full=full, shard=shard, shards=shards)
         return run_sync(self, name, full=full, force=force,
-                        reporter=reporter or NullReporter(), queued=queued)
+                        reporter=reporter or NullReporter(), shard=Shard.of(shard, shards),
+                        queued=queued)
 
     def enqueue(self, name: str, *, full: bool = False, force: bool = False,
                 triggered_by: str | None = None) -> int:
@@ -309,12 +338,19 @@ def _check_destinations(
         cls_or_none = plugins.get(sync.destination)
         if cls_or_none is None:
             continue
-        modes = cls_or_none.capabilities.modes
+        loc = sync_origin[sync_name]
+        try:
+            modes = cls_or_none.modes_for(sync.object)
+        except ValueError as exc:
+            problems.append(Problem(
+                str(exc), file=loc.doc.file, line=loc.doc.line_of((*loc.path, "object")),
+                key=".".join(map(str, (*loc.path, "object"))) or "object"))
+            continue
         if sync.mode not in modes:
-            loc = sync_origin[sync_name]
             problems.append(Problem(
                 f"{cls_or_none.kind} destination '{sync.destination}' does not support "
-                f"mode '{sync.mode}'",
+                f"mode '{sync.mode}'" + (f" for object {sync.object}"
+                                         if modes != cls_or_none.capabilities.modes else ""),
                 file=loc.doc.file, line=loc.doc.line_of((*loc.path, "mode")),
                 key=".".join(map(str, (*loc.path, "mode"))) or "mode",
                 fix=f"use one of: {', '.join(sorted(modes))}"))

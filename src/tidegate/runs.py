@@ -20,6 +20,7 @@ from typing import Any
 
 from tidegate.errors import ConfigError, FatalError, Problem
 from tidegate.plan import PlanCounts
+from tidegate.shard import Shard
 from tidegate.store import Store, Tx
 
 STALE_AFTER = timedelta(minutes=15)  # a run on another host silent this long is dead
@@ -59,6 +60,7 @@ class RunRecord:
     approved_at: datetime | None = None
     revert_of: int | None = None
     destination_report: dict[str, Any] | None = None
+    shard: Shard | None = None
     queued_at: datetime | None = None
     triggered_by: str | None = None
 
@@ -79,6 +81,8 @@ class RunRecord:
             "duration_s": self.duration_s,
             "error": self.error,
             "verdict": self.verdict,
+            **({"shard": {"index": self.shard.index, "count": self.shard.count}}
+               if self.shard is not None else {}),
         }
 
 
@@ -133,6 +137,7 @@ def _record(m: dict[str, Any]) -> RunRecord:
         revert_of=int(m["revert_of"]) if m.get("revert_of") is not None else None,
         destination_report=(json.loads(m["destination_report"])
                             if m.get("destination_report") else None),
+        shard=Shard(int(m["shard"]), int(m["shards"])) if m.get("shards") else None,
         queued_at=_time(m.get("queued_at")),
         triggered_by=m.get("triggered_by"),
     )
@@ -151,6 +156,13 @@ def _alive(pid: int | None, host: str | None, heartbeat: str | None) -> bool:
     return beat is not None and now() - beat < STALE_AFTER
 
 
+def _overlaps(shard: Shard | None, other: Shard | None) -> bool:
+    """Whether two runs of one sync may touch the same keys: only shards of one split don't."""
+    if shard is None or other is None or shard.count != other.count:
+        return True
+    return shard.index == other.index
+
+
 def _interrupted(tx: Tx, m: dict[str, Any], next_run: str) -> None:
     tx.execute(
         "update tidegate_runs set status = 'failed', finished_at = ?, error = ? where id = ?",
@@ -161,15 +173,16 @@ def _interrupted(tx: Tx, m: dict[str, Any], next_run: str) -> None:
     )
 
 
-_RUNNING = ("select id, sync, pid, host, heartbeat_at, started_at, batches from tidegate_runs "
-            "where status = 'running'")
+_RUNNING = ("select id, sync, pid, host, heartbeat_at, started_at, batches, shard, shards "
+            "from tidegate_runs where status = 'running'")
 
 
 def start_run(
     store: Store, *, sync: str, mode: str, destination: str, object: str, full: bool,
-    revert_of: int | None = None, queued: int | None = None,
+    revert_of: int | None = None, shard: Shard | None = None, queued: int | None = None,
 ) -> int:
-    """Open a run for ``sync``; refuse if another live run of it is in progress.
+    """Open a run for ``sync``; refuse if a live run of it that may touch the same keys is
+    in progress (the other shards of one split run at once).
 
     ``queued`` takes up that queued run (see ``queue_run``) instead of opening a new one.
     """
@@ -177,6 +190,8 @@ def start_run(
         tx.lock(f"sync:{sync}")
         running = tx.rows(_RUNNING + " and sync = ?", (sync,))
         for m in running:
+            if not _overlaps(shard, Shard(m["shard"], m["shards"]) if m["shards"] else None):
+                continue
             if _alive(m["pid"], m["host"], m["heartbeat_at"]):
                 raise AlreadyRunning(
                     f"sync '{sync}' is already running as run {m['id']} "
@@ -195,9 +210,10 @@ def start_run(
             return queued
         return tx.insert_id(
             "insert into tidegate_runs (sync, status, mode, destination, object, full_sync, "
-            "started_at, heartbeat_at, pid, host, revert_of) "
-            "values (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sync, mode, destination, object, full, at, at, os.getpid(), HOST, revert_of),
+            "started_at, heartbeat_at, pid, host, revert_of, shard, shards) "
+            "values (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sync, mode, destination, object, full, at, at, os.getpid(), HOST, revert_of,
+             shard.index if shard else None, shard.count if shard else None),
         )
 
 
@@ -303,9 +319,11 @@ def _approvable(tx: Tx, run_id: int) -> None:
             fix=f"run the sync again: `tidegate run {sync}`"))
     # A later run that failed before planning (a config error, a source down)
     # changed nothing; one that planned did, and the held plan is out of date.
-    later = tx.scalar(
-        "select max(id) from tidegate_runs where sync = ? and id > ? "
+    mine = Shard(m["shard"], m["shards"]) if m.get("shards") else None
+    later = max((r[0] for r in tx.execute(
+        "select id, shard, shards from tidegate_runs where sync = ? and id > ? "
         "and status in ('succeeded', 'partial', 'held', 'running')", (sync, run_id))
+        if _overlaps(mine, Shard(r[1], r[2]) if r[2] else None)), default=None)
     if later is not None:
         raise ConfigError(Problem(
             f"run {run_id} is not the latest run of sync '{sync}' (run {later} is), so "
@@ -326,15 +344,18 @@ def record_conflicts(store: Store, run_id: int, sync: str,
         )
 
 
-def recent_counts(store: Store, sync: str, limit: int, *, before: int) -> list[PlanCounts]:
-    """Planned counts of the sync's last successful runs before run ``before``, newest first."""
+def recent_counts(store: Store, sync: str, limit: int, *, before: int,
+                  shard: Shard | None = None) -> list[PlanCounts]:
+    """Planned counts of the sync's last successful runs before run ``before``, newest first;
+    of a shard, that shard's runs."""
     with store.transaction() as tx:
         rows = tx.execute(
             "select planned_added, planned_changed, planned_removed, planned_unchanged, "
             "planned_invalid from tidegate_runs where sync = ? and id < ? "
             "and status in ('succeeded', 'partial') and revert_of is null "
+            "and coalesce(shard, 0) = ? and coalesce(shards, 1) = ? "
             "order by id desc limit ?",
-            (sync, before, limit),
+            (sync, before, shard.index if shard else 0, shard.count if shard else 1, limit),
         )
     return [PlanCounts(*(int(v) for v in r)) for r in rows]
 

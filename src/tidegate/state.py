@@ -126,6 +126,7 @@ _TRUE = pa.scalar(True)
 _ADDED = pa.scalar("added")
 _REMOVED = pa.scalar("removed")
 _CREATED, _UPDATED, _DELETED = (pa.scalar(w) for w in ("created", "updated", "deleted"))
+_OPS = {op: pa.scalar(op) for op in ("insert", "update", "upsert", "delete")}
 
 
 def _latest(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -285,43 +286,41 @@ def commit_batches(
     changed: delivered counts, the keys kept or dropped, and the state version
     after it.
     """
-    delivered = {"created": 0, "updated": 0, "deleted": 0}
-    keys, hashes, alive, fields, changes, masked = [], [], [], [], [], []
+    # One table for the whole group, so each step below is one Arrow call, not one a batch.
+    metas, ops = [], []
     for out, rejected in acknowledged:
         meta = out.meta
         if rejected:
             refused = pa.array(list(rejected), pa.string())
             meta = meta.filter(pc.invert(pc.is_in(meta["__key"], value_set=refused)))
-        op, n = out.batch.operation, meta.num_rows
-        categories = meta["__cat"].combine_chunks()
-        if op == "delete":
-            delivered["deleted"] += n
-            alive.append(pc.not_equal(categories, _REMOVED))
-            what = pa.repeat(_DELETED, n)
-        else:
-            is_new = (pa.repeat(pa.scalar(False), n) if op == "update"
-                      else pc.equal(categories, _ADDED))
-            created = int(pc.sum(is_new).as_py() or 0)
-            delivered["created"] += created
-            delivered["updated"] += n - created
-            alive.append(_all_true(n))
-            what = pc.if_else(is_new, _CREATED, _UPDATED)
-        changes.append(pa.table({"key": meta["__key"], "op": what, "old": out.audit_old(meta)}))
-        if "__audit_new" in meta.column_names:
-            masked.append(meta["__audit_new"].combine_chunks())
-        keys.append(meta["__key"].combine_chunks())
-        hashes.append(meta["__hash"].combine_chunks())
-        fields.append(meta["__fields"].combine_chunks())
-    key = pa.concat_arrays(keys)
-    hash_ = pa.concat_arrays(hashes)
-    live = pa.concat_arrays(alive)
+        audit_new = ["__audit_new"] if "__audit_new" in meta.column_names else []
+        metas.append(pa.table([*(meta[c] for c in ("__key", "__hash", "__cat", "__fields")),
+                               out.audit_old(meta), *(meta[c] for c in audit_new)],
+                              names=["key", "hash", "cat", "fields", "old", *audit_new]))
+        ops.append(pa.repeat(_OPS[out.batch.operation], meta.num_rows))
+    group = pa.concat_tables(metas).combine_chunks()
+    op, categories = pa.concat_arrays(ops), group["cat"]
+    deleting = pc.equal(op, _OPS["delete"])
+    # An update never creates; a key added to the model is created by insert and upsert.
+    is_new = pc.and_(pc.equal(categories, _ADDED), pc.not_equal(op, _OPS["update"]))
+    is_new = pc.and_(is_new, pc.invert(deleting))
+    live = pc.invert(pc.and_(deleting, pc.equal(categories, _REMOVED)))
+    what = pc.if_else(deleting, _DELETED, pc.if_else(is_new, _CREATED, _UPDATED))
+    created = int(pc.sum(is_new).as_py() or 0)
+    deleted = int(pc.sum(deleting).as_py() or 0)
+    delivered = {"created": created, "updated": group.num_rows - created - deleted,
+                 "deleted": deleted}
+    key, hash_ = group["key"].combine_chunks(), group["hash"].combine_chunks()
+    live = live.combine_chunks() if isinstance(live, pa.ChunkedArray) else live
     rows = len(key)
     refused_total = sum(len(rejected) for _, rejected in acknowledged)
     stamp = now().isoformat()
-    records = segments.records_blob(pa.concat_arrays(fields)) if rows else b""
+    records = segments.records_blob(group["fields"].combine_chunks()) if rows else b""
     # The audit log's new values are the records state keeps, unless fields are masked:
     # then the same bytes serve both, compressed once.
-    new_values = segments.records_blob(pa.concat_arrays(masked)) if masked else records
+    new_values = (segments.records_blob(group["__audit_new"].combine_chunks())
+                  if "__audit_new" in group.column_names else records)
+    changes = pa.table({"key": key, "op": what, "old": group["old"]})
     with store.transaction() as tx:
         version = _bump(tx, sync)
         if rows:
@@ -331,8 +330,7 @@ def commit_batches(
                 (sync, version, run_id, rows, stamp, segments.keys_blob(key, hash_, live),
                  records),
             )
-            audit.append(tx, sync=sync, run_id=run_id, stamp=stamp,
-                         changes=pa.concat_tables(changes).combine_chunks(),
+            audit.append(tx, sync=sync, run_id=run_id, stamp=stamp, changes=changes,
                          new_values=new_values)
         for out, rejected in acknowledged:
             if rejected:

@@ -181,9 +181,15 @@ V3: list[str | Callable[[Tx], None]] = [
     )""",
 ]
 
+# Shards: a run may cover only the keys of one shard of its sync (see ``tidegate.shard``).
+V4: list[str | Callable[[Tx], None]] = [
+    "alter table tidegate_runs add column shard integer",
+    "alter table tidegate_runs add column shards integer",
+]
+
 # `tidegate serve`: a stable numeric id per sync name (what Census- and Hightouch-style
 # clients address), runs queued before they start, and each schedule's last tick.
-V4: list[str | Callable[[Tx], None]] = [
+V5: list[str | Callable[[Tx], None]] = [
     """create table if not exists tidegate_syncs (
         id {serial},
         name text not null unique,
@@ -198,7 +204,7 @@ V4: list[str | Callable[[Tx], None]] = [
     )""",
 ]
 
-MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3, V4]
+MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3, V4, V5]
 
 
 class Tx:

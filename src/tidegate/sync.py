@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from tidegate import audit, guard, runs, state
-from tidegate.config import Located, SyncConfig
+from tidegate.config import BigQuerySourceConfig, Located, SnowflakeSourceConfig, SyncConfig
 from tidegate.deliver import Deliverer
 from tidegate.destinations.base import BatchResult, Destination
 from tidegate.errors import ConfigError, FatalError, Problem, TidegateError
@@ -27,31 +29,37 @@ from tidegate.progress import NullReporter, Reporter
 from tidegate.redact import redact
 from tidegate.revert import Revert
 from tidegate.revert import prepare as prepare_revert
+from tidegate.shard import Shard
 from tidegate.sources import ModelQueryError, Source
+from tidegate.warehouse_diff import WarehouseDiff, plan_in_warehouse
 
 if TYPE_CHECKING:
     from tidegate.project import Project
 
 log = logging.getLogger("tidegate")
+Screen = Callable[[pa.Table], pa.Array | None]
 
 
-def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, Any]:
-    """The plan of ``name`` with samples; nothing is sent or recorded."""
+def plan_only(project: Project, name: str, *, full: bool = False,
+              shard: Shard | None = None) -> dict[str, Any]:
+    """The plan of ``name`` (of one shard of it) with samples; nothing is sent or recorded."""
     sync = project.sync(name)
     timings: dict[str, float] = {}
     try:
-        plan, source, known = _make_plan(project, name, sync, full, NullReporter(), timings)
+        plan, source, known, differ = _make_plan(project, name, sync, full, NullReporter(),
+                                                 timings, shard=shard)
     except ConfigError as exc:
         raise _locate(exc, project, name) from None
     try:
-        if not known.from_snapshot:
+        if differ is None and not known.from_snapshot and shard is None:
             state.save_snapshot(project.snapshot_dir, project.store, name, known.version,
                                 known.table)
         latest = runs.list_runs(project.store, name, 1)
         verdict = guard.judge(
-            plan, sync.guardrails, known=known.table.num_rows,
+            plan, sync.guardrails, known=_known_rows(known, differ),
             history=runs.recent_counts(project.store, name, _history_runs(sync),
-                                       before=(latest[0].id + 1) if latest else 1),
+                                       before=(latest[0].id + 1) if latest else 1,
+                                       shard=shard),
             old_records=lambda keys: state.records_of(project.store, name, keys),
         )
         return {
@@ -64,12 +72,15 @@ def plan_only(project: Project, name: str, *, full: bool = False) -> dict[str, A
             "invalid_reasons": plan.invalid_reasons,
             "samples": plan.samples(),
             "timings": timings,
+            **({"shard": {"index": shard.index, "count": shard.count}} if shard else {}),
         }
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc
     finally:
         plan.close()
         source.close()
+        if differ is not None:
+            differ.finish()
 
 
 def run_sync(
@@ -81,6 +92,7 @@ def run_sync(
     force: bool = False,
     approve: int | None = None,
     revert_of: int | None = None,
+    shard: Shard | None = None,
     queued: int | None = None,
 ) -> dict[str, Any]:
     """Run ``name`` once; return its summary. Config problems found on the way raise.
@@ -90,6 +102,8 @@ def run_sync(
     ``approve`` up again: it is planned again and delivered if the plan is the one
     that was held, or judged afresh if the model or state changed since.
     ``revert_of`` plans, instead of the model, putting back what that run changed.
+    ``shard`` plans and delivers only the keys that shard owns (see ``tidegate.shard``);
+    the other shards of the split may run at the same time.
     ``queued`` takes up that queued run (a server's) instead of recording a new one.
     """
     sync = project.sync(name)
@@ -102,11 +116,12 @@ def run_sync(
     if approve is None:
         run_id = runs.start_run(
             store, sync=name, mode=sync.mode, destination=sync.destination,
-            object=sync.object, full=full, revert_of=revert_of, queued=queued,
+            object=sync.object, full=full, revert_of=revert_of, shard=shard,
+            queued=queued,
         )
     else:
         held = runs.resume_held(store, approve)
-        run_id, full = held.id, held.full
+        run_id, full, shard = held.id, held.full, held.shard
     log.info("run %s of sync %s started", run_id, name)
     timings: dict[str, float] = {}
     status, error = "failed", None
@@ -116,12 +131,17 @@ def run_sync(
     destination: Destination | None = None
     progress: Progress | None = None
     try:
-        plan, source, known = _make_plan(project, name, sync, full, reporter, timings, undo)
-        # A revert plans against part of state: its plan cannot be kept as a snapshot.
-        progress = Progress(known.version, whole=undo is None)
+        plan, source, known, differ = _make_plan(project, name, sync, full, reporter, timings,
+                                                 undo, shard=shard)
+        # A revert, a shard or a plan made in the warehouse saw only part of state: its
+        # plan cannot be kept as a snapshot of the whole (other shards commit while a
+        # shard runs; the warehouse keeps its own copy of state).
+        progress = Progress(known.version, whole=undo is None and differ is None
+                            and shard is None, warehouse=differ)
         invalid = list(plan.invalid_rows()) if plan.counts.invalid else []
         verdict = _judge(project, name, sync, plan, known, run_id, force=force, held=held,
-                         synthetic=undo is not None)
+                         synthetic=undo is not None, known_rows=_known_rows(known, differ),
+                         shard=shard)
         if undo is not None:
             verdict.notes[:0] = [f"reverts run {undo.of}", *undo.notes]
             runs.record_conflicts(store, run_id, name, undo.conflicts)
@@ -162,7 +182,13 @@ def run_sync(
         if plan is not None and progress is not None and progress.exact and progress.whole:
             after = _save_snapshot(project, name, plan, progress)
             if after is not None and progress.kept:
-                _compact_if_due(project, name, after)
+                _compact_if_due(project, name, after.num_rows, after)
+        elif shard is not None and plan is not None and progress is not None and progress.kept:
+            # The shards' keys are spread evenly: the whole state is about count times this one's.
+            c = plan.counts
+            _compact_if_due(project, name, (c.unchanged + c.changed + c.added) * shard.count)
+        if progress is not None and progress.warehouse is not None:
+            progress.warehouse.after_run(project, compact=progress.exact and bool(progress.kept))
         report = _report(destination)
         for closeable in (plan, source, destination):
             if closeable is not None:
@@ -192,6 +218,8 @@ def _judge(
     force: bool,
     held: runs.RunRecord | None,
     synthetic: bool = False,
+    known_rows: int | None = None,
+    shard: Shard | None = None,
 ) -> Verdict:
     if force:
         return Verdict(held=False, forced=True,
@@ -204,8 +232,10 @@ def _judge(
             f"({held.finished_at.isoformat() if held.finished_at else 'earlier'})",
             *before.notes])
     verdict = guard.judge(
-        plan, sync.guardrails, known=known.table.num_rows,
-        history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id),
+        plan, sync.guardrails,
+        known=known.table.num_rows if known_rows is None else known_rows,
+        history=runs.recent_counts(project.store, name, _history_runs(sync), before=run_id,
+                                   shard=shard),
         old_records=lambda keys: state.records_of(project.store, name, keys),
         model_rows=not synthetic,
     )
@@ -232,8 +262,10 @@ def _write_back(project: Project) -> None:
     from tidegate.writeback import catch_up
 
     config = project.config.writeback
+    source = project.settings.sources[config.source]
+    assert not isinstance(source, SnowflakeSourceConfig | BigQuerySourceConfig)  # config.py
     try:
-        written = catch_up(config, project.settings.sources[config.source], project.root,
+        written = catch_up(config, source, project.root,
                            project.store, project=project.name)
         log.info("wrote %s run(s) back to source %s", len(written), config.source)
     except TidegateError as exc:
@@ -255,6 +287,11 @@ class Progress:
     dropped: list[pa.Array] = field(default_factory=list)
     exact: bool = True  # False once a commit may or may not have happened
     whole: bool = True  # False when the plan saw only part of state (a revert)
+    warehouse: WarehouseDiff | None = None  # keeps the warehouse's copy of state current
+
+
+def _known_rows(known: state.Known, differ: WarehouseDiff | None) -> int:
+    return differ.known_rows if differ is not None else int(known.table.num_rows)
 
 
 def _save_snapshot(
@@ -270,14 +307,17 @@ def _save_snapshot(
     return after
 
 
-def _compact_if_due(project: Project, name: str, after: pa.Table) -> None:
+def _compact_if_due(project: Project, name: str, live: int, after: pa.Table | None = None
+                    ) -> None:
+    """Compact when due; keep ``after`` (the whole state this run left) as the snapshot."""
     try:
-        if state.compaction_due(project.store, name, after.num_rows):
+        if state.compaction_due(project.store, name, live):
             spill = project.root / ".tidegate" / "work"
             spill.mkdir(parents=True, exist_ok=True)
             written, version = state.compact(project.store, name,
                                              memory_limit=project.memory_limit, spill=spill)
-            state.save_snapshot(project.snapshot_dir, project.store, name, version, after)
+            if after is not None:
+                state.save_snapshot(project.snapshot_dir, project.store, name, version, after)
             log.info("compacted the state of %s into %s segment(s)", name, written)
     except (duckdb.Error, OSError) as exc:  # maintenance: the state is whole either way
         log.warning("could not compact the state of %s: %s", name, redact(str(exc)))
@@ -291,25 +331,22 @@ def _make_plan(
     reporter: Reporter,
     timings: dict[str, float],
     undo: Revert | None = None,
-) -> tuple[Plan, Source, state.Known]:
+    shard: Shard | None = None,
+) -> tuple[Plan, Source, state.Known, WarehouseDiff | None]:
     started = time.perf_counter()
     reporter.phase("planning")
     source = project.source(sync.source)
     try:
-        known = state.read_hashes(project.store, name, project.snapshot_dir)
-        against = known.table
-        model: pa.RecordBatchReader | AttachedModel
-        if undo is None:
-            log.info("extracting %s from source %s", name, sync.source)
-            model = source.in_place(sync.sql) or source.read(sync.sql)
-        else:  # the model's types, from a query that reads no rows
-            schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
-            model, against = undo.model(sync, schema), undo.state
-        planner = Planner(
-            name, sync, workdir=project.root / ".tidegate" / "work",
-            memory_limit=project.memory_limit,
-        )
-        plan = planner.plan(model, against, full=full)
+        with _screening(project, name) as screen:
+            planner = Planner(
+                name, sync, workdir=project.root / ".tidegate" / "work",
+                memory_limit=project.memory_limit, shard=shard if undo is None else None,
+                screen=screen,
+            )
+            plan, known, differ = _plan_with(project, name, sync, planner, source, full,
+                                             undo, shard)
+        if differ is not None:
+            timings["warehouse_bytes_out"] = differ.pulled.bytes
     except ModelQueryError as exc:
         source.close()
         raise ConfigError(Problem(f"the model query failed: {exc}", key="query",
@@ -324,7 +361,55 @@ def _make_plan(
         source.close()
         raise
     timings["plan_s"] = round(time.perf_counter() - started, 3)
-    return plan, source, known
+    return plan, source, known, differ
+
+
+def _plan_with(
+    project: Project,
+    name: str,
+    sync: SyncConfig,
+    planner: Planner,
+    source: Source,
+    full: bool,
+    undo: Revert | None,
+    shard: Shard | None,
+) -> tuple[Plan, state.Known, WarehouseDiff | None]:
+    """Plan in the warehouse when the sync asks and can; else against the local store."""
+    if undo is None and sync.diff == "warehouse" and shard is not None:
+        log.warning("sync %s: a shard plans with the local state store; `diff: "
+                    "warehouse` keeps one copy of state for the whole sync", name)
+    elif undo is None and sync.diff == "warehouse":
+        log.info("planning %s in source %s", name, sync.source)
+        made = plan_in_warehouse(project, name, sync, source, planner, full=full)
+        if made is not None:
+            return made
+    known = state.read_hashes(project.store, name, project.snapshot_dir)
+    if shard is not None:  # only its own keys can be unchanged, changed or removed
+        known = state.Known(shard.filter(known.table), known.version, known.from_snapshot)
+    against = known.table
+    model: pa.RecordBatchReader | AttachedModel
+    if undo is None:
+        log.info("extracting %s from source %s%s", name, sync.source,
+                 f" (shard {shard})" if shard is not None else "")
+        model = source.in_place(sync.sql) or source.read(sync.sql)
+    else:  # the model's types, from a query that reads no rows
+        schema = source.read(f"select * from ({sync.sql}) as model limit 0").schema
+        model, against = undo.model(sync, schema), undo.state
+    return planner.plan(model, against, full=full), known, None
+
+
+@contextmanager
+def _screening(project: Project, name: str) -> Iterator[Screen | None]:
+    """The destination's check of values its schema cannot take, when it has one."""
+    cls, _ = project.destination_settings(project.sync(name).destination)
+    if not cls.capabilities.checks_values:
+        yield None
+        return
+    checker = project.destination(name)
+    try:
+        yield checker.invalid_values
+    finally:
+        checker.close()
 
 
 def _deliver(
@@ -357,6 +442,8 @@ def _deliver(
         progress.dropped.append(done.dropped)
         progress.version = done.version
         progress.exact = True
+        if progress.warehouse is not None:
+            progress.warehouse.advance(acknowledged, done.version)
         for out, rejected in acknowledged:
             reporter.advance(len(out.batch))
             log.info("batch %s (%s, %s records, %s rejected) acknowledged",
@@ -369,7 +456,7 @@ def _deliver(
     )
     try:
         batches = plan.outgoing(batch_size, caps.max_bytes, typed=caps.typed_records,
-                                documents=caps.json_documents)
+                                measure=destination.record_bytes)
         deliverer.run(batches, on_results)
     except duckdb.OutOfMemoryException as exc:
         raise out_of_memory(project) from exc

@@ -38,6 +38,8 @@ _BUILTIN = {
     "postgres": "tidegate.destinations.postgres:PostgresDestination",
     "file": "tidegate.destinations.file:FileDestination",
     "salesforce": "tidegate.destinations.salesforce.destination:SalesforceDestination",
+    "hubspot": "tidegate.destinations.hubspot.destination:HubSpotDestination",
+    "iterable": "tidegate.destinations.iterable.destination:IterableDestination",
 }
 
 

@@ -34,7 +34,14 @@ if TYPE_CHECKING:
 Operation = Literal["insert", "update", "upsert", "delete"]
 _TUNABLE = ("max_records", "max_bytes", "requests_per_second", "concurrency")
 ALL_MODES: frozenset[Mode] = frozenset(MODES)
-_COMMA = pa.scalar(",")
+# Compute functions get Arrow scalars: given a Python value, pyarrow looks for
+# optional converters (an import attempt) on every call.
+_COMMA, _NOTHING, _NO_FIELDS = pa.scalar(","), pa.scalar(""), pa.scalar("{}")
+_OPEN, _FIELDS, _CLOSE = pa.scalar('{"key":'), pa.scalar(',"fields":'), pa.scalar("}")
+
+
+def _whole(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 class DestinationConfig(BaseModel):
@@ -56,11 +63,11 @@ class Capabilities:
     concurrency: int = 4
     matches_by: str = "the sync's match key"
     # False for a destination that sends only JSON (``Batch.fields``,
-    # ``Batch.documents``): the planner then leaves ``Batch.table`` without columns.
+    # ``Batch.joined_documents``): the planner then leaves ``Batch.table`` without columns.
     typed_records: bool = True
-    # True for a destination that sends ``Batch.documents``: the planner makes
-    # them in DuckDB instead of Python joining strings per record.
-    json_documents: bool = False
+    # True for a destination whose ``invalid_values`` names values its schema cannot
+    # take: the planner asks it, and those rows are invalid and never sent.
+    checks_values: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,8 @@ class Batch:
     when the key has several columns); ``keys`` gives them as Python strings.
     ``table`` holds match fields and mapped fields as typed Arrow columns, in
     the same order; ``fields`` each record's mapped values (without the match
-    fields) as JSON text; ``documents`` each record as tidegate's JSON record
-    document, ``{"key": …, "fields": …}`` (``{"key": …}`` in a delete), made by
-    the planner. Python strings are made only for a destination that asks.
+    fields) as JSON text. Python strings are made only for a destination that
+    asks; ``joined_documents`` makes a whole JSON body's records in Arrow.
     """
 
     id: str
@@ -99,7 +105,6 @@ class Batch:
     key_text: pa.Array | pa.ChunkedArray
     table: pa.Table
     fields: pa.Array | pa.ChunkedArray | None = None
-    documents: pa.Array | pa.ChunkedArray | None = None
 
     def __len__(self) -> int:
         return len(self.key_text)
@@ -114,26 +119,19 @@ class Batch:
             return ["{}"] * len(self)
         return [f if f is not None else "{}" for f in self.fields.to_pylist()]
 
-    @cached_property
-    def document_json(self) -> list[str]:
-        if self.documents is not None:
-            return list(self.documents.to_pylist())
-        if self.operation == "delete":
-            return ['{"key":' + k + "}" for k in self.keys]
-        return ['{"key":' + k + ',"fields":' + f + "}"
-                for k, f in zip(self.keys, self.fields_json, strict=True)]
-
     def joined_documents(self) -> bytes:
-        """Every record's JSON document, comma-separated, as UTF-8: a JSON array's inside.
+        """Every record as tidegate's JSON record document, ``{"key": …, "fields": …}``
+        (``{"key": …}`` in a delete), comma-separated UTF-8: a JSON array's inside.
 
-        Joined in Arrow when the planner made the documents, so no Python string
-        is made per record.
+        Made in Arrow from the keys' and fields' JSON text, with no Python string
+        per record and no JSON decoded.
         """
-        if self.documents is None:
-            return ",".join(self.document_json).encode()
-        docs = self.documents
-        if isinstance(docs, pa.ChunkedArray):
-            docs = docs.combine_chunks()
+        keys = _whole(self.key_text)
+        if self.operation == "delete" or self.fields is None:
+            docs = pc.binary_join_element_wise(_OPEN, keys, _CLOSE, _NOTHING)
+        else:
+            fields = _whole(self.fields).fill_null(_NO_FIELDS)
+            docs = pc.binary_join_element_wise(_OPEN, keys, _FIELDS, fields, _CLOSE, _NOTHING)
         whole = pa.ListArray.from_arrays(pa.array([0, len(docs)], pa.int32()), docs)
         joined = pc.binary_join(whole, _COMMA)[0]
         return joined.as_buffer().to_pybytes() if joined.is_valid else b""
@@ -162,6 +160,13 @@ class Destination(ABC):
         self.config = config
         self.target = target
 
+    @classmethod
+    def modes_for(cls, object_name: str) -> frozenset[Mode]:
+        """The modes a sync to ``object_name`` may use: the declared ones, unless a
+        destination's objects differ (an audience list, an event stream). Raises
+        ValueError, with the fix in its message, for an object that cannot exist."""
+        return cls.capabilities.modes
+
     def limits(self) -> Capabilities:
         """The declared capabilities, with any setting of the same name applied.
 
@@ -181,6 +186,25 @@ class Destination(ABC):
 
     def prepare(self, schema: pa.Schema) -> None:  # noqa: B027 - most need no preparation
         """Called once before the first batch of a run with the batches' schema."""
+
+    def invalid_values(self, table: pa.Table) -> pa.Array | None:
+        """Per row of ``table``, why the destination cannot take its values (null: it can).
+
+        Called by the planner when ``capabilities.checks_values`` is set, a chunk at a
+        time, with the rows a run would send with values (not deletes): the match and
+        mapped fields under destination names, typed as in a batch. A row given a
+        reason is invalid in the plan, reported with it and never sent. None: every
+        row of the chunk can be sent.
+        """
+        return None
+
+    def record_bytes(self, table: pa.Table) -> pa.Array | None:
+        """Bytes each row of ``table`` adds to a request, for a destination whose requests
+        are not JSON records (a CSV upload): batches are then cut to ``max_bytes`` by
+        these sizes. ``table`` is a chunk of the rows to send with ``__op`` and the
+        record's columns. None (for every chunk): tidegate's JSON estimate is used.
+        """
+        return None
 
     @abstractmethod
     def write(self, batch: Batch) -> BatchResult:

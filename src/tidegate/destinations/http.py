@@ -14,18 +14,20 @@ import email.utils
 import threading
 import time
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
 from tidegate.destinations.base import Destination
 from tidegate.destinations.transport import PooledTransport
-from tidegate.errors import RetryableError
+from tidegate.errors import DestinationError, RetryableError
 from tidegate.redact import redact
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _BODY_PREVIEW = 300
+T = TypeVar("T")
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -102,6 +104,23 @@ class HttpDestination(Destination):
             raise RetryableError(f"timed out talking to {_host(url)}") from exc
         except httpx.TransportError as exc:
             raise RetryableError(f"cannot reach {_host(url)}: {redact(str(exc))}") from exc
+
+    def before_run(self, what: str, call: Callable[[], T], attempts: int = 5) -> T:
+        """``call`` (a read made before the first batch), retried on transient failures.
+
+        It runs outside the deliverer's retries: a blip (or a 429) here must not
+        fail a run that would otherwise go through.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                return call()
+            except RetryableError as exc:
+                if attempt == attempts:
+                    raise DestinationError(
+                        f"{self.describe()} did not answer {what} after {attempt} "
+                        f"attempt(s): {exc}. Check that it is up; nothing was sent") from exc
+                time.sleep(min(exc.retry_after or 0.1 * 2 ** (attempt - 1), 10.0))
+        raise AssertionError("unreachable")
 
     def classify(self, response: httpx.Response) -> str | None:
         """None when accepted; a rejection message for the whole batch otherwise.

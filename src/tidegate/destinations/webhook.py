@@ -141,7 +141,6 @@ class WebhookDestination(HttpDestination):
         concurrency=4,
         matches_by="the primary key, sent as `key` in every record",
         typed_records=False,
-        json_documents=True,
     )
 
     def __init__(self, name: str, config: WebhookConfig, target: SyncTarget) -> None:

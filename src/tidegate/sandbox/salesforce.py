@@ -16,7 +16,8 @@ and then polled several times before it completes.
 
 Its fault knobs can be turned while it runs: ``fail_next`` (5xx), ``throttle_next``
 (403 ``REQUEST_LIMIT_EXCEEDED``), ``use_api`` (spend the daily allowance),
-``lock_rows`` (``UNABLE_TO_LOCK_ROW`` for chosen records) and ``expire_tokens``.
+``lock_rows`` (``UNABLE_TO_LOCK_ROW`` for chosen records) and ``expire_tokens``;
+``on_request`` sees each REST call first, so a test can hold one or fault the next.
 
 Behaviour is taken from Salesforce's documentation; each rule cites its page.
 Where the documentation does not say (the exact text of some error messages,
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -165,11 +167,12 @@ class SObject:
 
     def field(self, name: str) -> Field | None:
         # Field names are case-insensitive everywhere in the API.
-        lowered = name.lower()
-        for f in self.fields:
-            if f.name.lower() == lowered:
-                return f
-        return None
+        found = self._by_name.get(name)
+        return found if found is not None else self._by_name.get(name.lower())
+
+    @cached_property
+    def _by_name(self) -> dict[str, Field]:
+        return {**{f.name.lower(): f for f in self.fields}, **{f.name: f for f in self.fields}}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.name, "keyPrefix": self.key_prefix,
@@ -299,17 +302,32 @@ class _TypeProblem(Exception):
 
 
 class _Table:
-    """The rows of one sObject; ``deleted`` holds Ids in the recycle bin or purged."""
+    """The rows of one sObject; ``deleted`` holds Ids in the recycle bin or purged.
+
+    ``index`` finds live rows by the value of each unique or external id field, so
+    matching an upsert or checking uniqueness does not read every row.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.deleted: set[str] = set()
+        self.index: dict[str, dict[Any, str]] = {}
+        self.unique: frozenset[str] = frozenset()
+
+    def reindex(self, keys: Iterable[str], unique: Iterable[str]) -> None:
+        self.unique = frozenset(unique)
+        self.index = {k: {} for k in keys}
+        for rid, row in self.rows.items():
+            if rid not in self.deleted:
+                for k, values in self.index.items():
+                    if row.get(k) is not None:
+                        values.setdefault(row[k], rid)
 
 
 class _Tx:
     """A write in progress on one sObject; ``commit`` makes it visible at once.
 
-    Rows are replaced, never changed in place, so copying the dict is enough to
+    Rows are replaced, never changed in place, so copying the dicts is enough to
     roll back: that is what ``allOrNone`` needs.
     """
 
@@ -317,10 +335,55 @@ class _Tx:
         self.table = table
         self.rows = dict(table.rows)
         self.deleted = set(table.deleted)
+        self.index = {k: dict(v) for k, v in table.index.items()}
+        self.unique = table.unique
+
+    def find(self, name: str, value: Any) -> str | None:
+        """A live row whose ``name`` is ``value``."""
+        values = self.index.get(name)
+        if values is not None:
+            return values.get(value)
+        return next((rid for rid, row in self.rows.items()
+                     if rid not in self.deleted and row.get(name) == value), None)
+
+    def put_row(self, rid: str, row: dict[str, Any]) -> None:
+        old = self.rows.get(rid) if rid not in self.deleted else None
+        for name, values in self.index.items():
+            before, after = (old or {}).get(name), row.get(name)
+            if old is not None and before == after:
+                continue
+            if before is not None:
+                self._drop(name, before, rid)
+            if after is not None:
+                values.setdefault(after, rid)
+        self.rows[rid] = row
+
+    def delete_row(self, rid: str, hard: bool) -> None:
+        old = self.rows.get(rid) if rid not in self.deleted else None
+        for name in self.index:
+            if old is not None and old.get(name) is not None:
+                self._drop(name, old[name], rid)
+        self.deleted.add(rid)
+        if hard:
+            self.rows.pop(rid, None)
+        else:
+            self.rows[rid] = {**self.rows[rid], "IsDeleted": True, "LastModifiedDate": _now()}
+
+    def _drop(self, name: str, value: Any, rid: str) -> None:
+        values = self.index[name]
+        if values.get(value) != rid:
+            return
+        del values[value]
+        if name not in self.unique:  # a non-unique external id another row may hold too
+            other = next((r for r, row in self.rows.items() if r != rid
+                          and r not in self.deleted and row.get(name) == value), None)
+            if other is not None:
+                values[value] = other
 
     def commit(self) -> None:
         self.table.rows = self.rows
         self.table.deleted = self.deleted
+        self.table.index = self.index
 
 
 # Bulk jobs ---------------------------------------------------------------------
@@ -433,6 +496,11 @@ class SalesforceSandbox:
         self.api_usage = 0
         self.upload_count = 0
         self.upload_bytes = 0
+        self.uploads: list[int] = []  # bytes of each upload, in order
+        self.tokens_issued = 0
+        # Called with (method, REST path after the version) before each REST call is
+        # answered, on the server's thread: tests block there, or turn a fault knob.
+        self.on_request: Callable[[str, str], None] | None = None
         self.job_count = 0
         self._seed = seed
         self._lock = threading.RLock()
@@ -499,7 +567,9 @@ class SalesforceSandbox:
         """Add (or replace the schema of) an sObject type."""
         with self._lock:
             self._objects[sobject.name] = sobject
-            self._tables.setdefault(sobject.name, _Table())
+            self._tables.setdefault(sobject.name, _Table()).reindex(
+                [f.name for f in sobject.fields if f.unique or f.external_id],
+                [f.name for f in sobject.fields if f.unique])
 
     def put(self, obj: str, fields: Mapping[str, Any]) -> str:
         """Store a record directly, skipping validation and limits; its new Id."""
@@ -509,7 +579,9 @@ class SalesforceSandbox:
             row = self._blank(sobject)
             row.update(fields)
             row["Id"] = record_id
-            self._tables[sobject.name].rows[record_id] = row
+            tx = _Tx(self._tables[sobject.name])
+            tx.put_row(record_id, row)
+            tx.commit()
             return record_id
 
     # Fault knobs ---------------------------------------------------------------
@@ -555,9 +627,20 @@ class SalesforceSandbox:
         with self._lock:
             return set(self._tables[self._object(obj).name].deleted)
 
+    def recycle_bin(self, obj: str) -> set[str]:
+        """Ids of ``obj`` records deleted but not purged (``hardDelete`` purges)."""
+        with self._lock:
+            table = self._tables[self._object(obj).name]
+            return {rid for rid in table.deleted if rid in table.rows}
+
     def find(self, obj: str, field_name: str, value: Any) -> list[dict[str, Any]]:
         """Live records of ``obj`` whose ``field_name`` equals ``value``."""
         return [r for r in self.records(obj).values() if r.get(field_name) == value]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The JobInfo of every Bulk job, oldest first, without counting as polls."""
+        with self._lock:
+            return [j.info(f"/services/data/v{API_VERSION}") for j in self._jobs.values()]
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The JobInfo of a Bulk job, without counting as a poll."""
@@ -590,6 +673,9 @@ class SalesforceSandbox:
 
     def _rest(self, method: str, version: str, path: str, query: dict[str, list[str]],
               headers: dict[str, str], raw: bytes) -> Reply:
+        hook = self.on_request
+        if hook is not None:
+            hook(method, path)
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
         if failure is not None:
@@ -709,6 +795,7 @@ class SalesforceSandbox:
         mac = hmac.new(self.client_secret.encode(), (identity + issued).encode(), hashlib.sha256)
         with self._lock:
             self._tokens[token] = True
+            self.tokens_issued += 1
         self._say("issued an access token")
         return _json_reply(200, {"access_token": token, "instance_url": self.url,
                                  "id": identity, "token_type": "Bearer", "issued_at": issued,
@@ -866,10 +953,9 @@ class SalesforceSandbox:
             if key is None or key == "":
                 return _Outcome(errors=[_Err("MISSING_ARGUMENT", f"{ext_field} not specified",
                                              (ext_field,))])
-            matches = [rid for rid, row in tx.rows.items()
-                       if rid not in tx.deleted and row.get(ext_field) == key]
-            if matches:
-                return self._update_one(sobject, tx, replace(item, id=matches[0]),
+            match = tx.find(ext_field, key)
+            if match is not None:
+                return self._update_one(sobject, tx, replace(item, id=match),
                                         keep=ext_field)
             outcome = self._insert_one(sobject, tx, item)
             outcome.created = outcome.success
@@ -899,7 +985,7 @@ class SalesforceSandbox:
         row = self._blank(sobject)
         row.update(item.values)
         row["Id"] = record_id
-        tx.rows[record_id] = row
+        tx.put_row(record_id, row)
         return _Outcome(id=record_id, created=True)
 
     def _update_one(self, sobject: SObject, tx: _Tx, item: _Input,
@@ -924,8 +1010,7 @@ class SalesforceSandbox:
         if error is not None:
             return _Outcome(errors=[error])
         assert record_id is not None
-        row = {**tx.rows[record_id], **values, "LastModifiedDate": _now()}
-        tx.rows[record_id] = row
+        tx.put_row(record_id, {**tx.rows[record_id], **values, "LastModifiedDate": _now()})
         return _Outcome(id=record_id, created=False)
 
     def _delete_one(self, sobject: SObject, tx: _Tx, item: _Input, hard: bool) -> _Outcome:
@@ -936,12 +1021,7 @@ class SalesforceSandbox:
         if error is not None:
             return _Outcome(errors=[error])
         assert record_id is not None
-        tx.deleted.add(record_id)
-        if hard:
-            tx.rows.pop(record_id, None)
-        else:
-            tx.rows[record_id] = {**tx.rows[record_id], "IsDeleted": True,
-                                  "LastModifiedDate": _now()}
+        tx.delete_row(record_id, hard)
         return _Outcome(id=record_id)
 
     def _existing(self, sobject: SObject, tx: _Tx,
@@ -994,11 +1074,11 @@ class SalesforceSandbox:
             if error is not None:
                 return error
             if f.unique:
-                for rid, row in tx.rows.items():
-                    if rid != record_id and rid not in tx.deleted and row.get(f.name) == value:
-                        return _Err("DUPLICATE_VALUE", f"duplicate value found: {f.name} "
-                                                       f"duplicates value on record with id: {rid}",
-                                    (f.name,))
+                rid = tx.find(f.name, value)
+                if rid is not None and rid != record_id:
+                    return _Err("DUPLICATE_VALUE", f"duplicate value found: {f.name} "
+                                                   f"duplicates value on record with id: {rid}",
+                                (f.name,))
         return None
 
     def _check_value(self, f: Field, value: Any) -> _Err | None:
@@ -1138,6 +1218,7 @@ class SalesforceSandbox:
             job.data = raw
             self.upload_count += 1
             self.upload_bytes += len(raw)
+            self.uploads.append(len(raw))
         self._say(f"bulk job {job.id}: {len(raw)} bytes uploaded")
         return 201, {}, b""
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tidegate.config import DuckDBSourceConfig, SQLAlchemySourceConfig, SQLiteSourceConfig
+from tidegate.config import (
+    BigQuerySourceConfig,
+    DuckDBSourceConfig,
+    SnowflakeSourceConfig,
+    SQLAlchemySourceConfig,
+    SQLiteSourceConfig,
+)
 from tidegate.imports import quietly
 from tidegate.sources.base import ModelQueryError, Source
 
@@ -18,7 +24,11 @@ __all__ = ["ModelQueryError", "Source", "open_source"]
 
 def open_source(
     name: str,
-    config: DuckDBSourceConfig | SQLiteSourceConfig | SQLAlchemySourceConfig,
+    config: DuckDBSourceConfig
+    | SQLiteSourceConfig
+    | SQLAlchemySourceConfig
+    | SnowflakeSourceConfig
+    | BigQuerySourceConfig,
     root: Path,
 ) -> Source:
     """Open the source ``name`` described by ``config``; paths are relative to ``root``."""
@@ -26,7 +36,18 @@ def open_source(
         from tidegate.sources.duckdb import DuckDBSource
 
         return DuckDBSource(name, config, root)
-    with quietly():  # SQLAlchemy and a driver: thousands of long-lived objects
+    # A driver and SQLAlchemy bring thousands of long-lived objects: import them quietly.
+    if isinstance(config, SnowflakeSourceConfig):
+        with quietly():
+            from tidegate.sources.snowflake import SnowflakeSource
+
+        return SnowflakeSource(name, config, root)
+    if isinstance(config, BigQuerySourceConfig):
+        with quietly():
+            from tidegate.sources.bigquery import BigQuerySource
+
+        return BigQuerySource(name, config, root)
+    with quietly():
         from tidegate.sources.sqlalchemy import SQLAlchemySource
 
     return SQLAlchemySource(name, config, root)

@@ -62,8 +62,12 @@ def sync_options(target: DestinationUnderTest) -> dict[str, Any]:
 
 
 class Rejecting(DestinationUnderTest, Protocol):
-    def reject(self, keys: Iterable[int], error: str) -> None:
-        """Make the destination reject records with these ids until ``reject([])``."""
+    def reject(self, keys: Iterable[int], error: str) -> str | None:
+        """Make the destination reject records with these ids until ``reject([])``.
+
+        A destination whose rejections carry no message of the test's choosing
+        (Iterable lists failing users by cause) returns the text it reports instead.
+        """
 
 
 class Failing(DestinationUnderTest, Protocol):
@@ -314,7 +318,7 @@ class RejectionScenarios:
     ) -> None:
         env.set_model(make_rows(60))
         env.write_project("upsert" if "upsert" in target.modes else "mirror")
-        target.reject([3, 4, 5], "no, not these")
+        reported = target.reject([3, 4, 5], "no, not these") or "no, not these"
         summary = env.run()
         assert summary["status"] == "partial"
         assert summary["rejected"] == 3
@@ -322,7 +326,7 @@ class RejectionScenarios:
         with env.project() as project:
             rows = project.show(summary["run_id"])["rows"]
         assert sorted(r["key"] for r in rows if r["kind"] == "rejected") == [3, 4, 5]
-        assert all("no, not these" in r["error"] for r in rows)
+        assert all(reported in r["error"] for r in rows)
         assert json.dumps(3) not in env.held()
         target.reject([], "")
         again = env.run()

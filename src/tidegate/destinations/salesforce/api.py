@@ -131,7 +131,11 @@ class SalesforceApi:
         return Token(body["access_token"], str(body.get("instance_url") or self.login_url))
 
     def _jwt_form(self) -> dict[str, str]:
-        import jwt  # pyjwt[crypto]: only this flow needs it
+        try:
+            import jwt  # pyjwt[crypto]: only this flow needs it
+        except ImportError:
+            raise DestinationError("the jwt_bearer flow needs PyJWT with its crypto extra. "
+                                   "Fix: pip install 'tidegate[salesforce]'") from None
 
         key = (self.auth.private_key.get_secret_value() if self.auth.private_key is not None
                else (self.root / str(self.auth.private_key_file)).read_text())

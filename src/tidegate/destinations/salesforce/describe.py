@@ -97,69 +97,180 @@ def fetch(api: SalesforceApi, sobject: str) -> Describe:
 
 def convert(column: pa.Array | pa.ChunkedArray, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
     """``column`` as the text Salesforce takes for ``info``'s type, and per row the reason
-    it cannot be sent (null where it can)."""
+    it cannot be sent (null where it can).
+
+    Never raises for a value: one that cannot become the field's type (text that is
+    not a number, a date that does not exist, NaN) gets a reason, and its text is null.
+    """
     values = pa.chunked_array([column]).combine_chunks() if isinstance(
         column, pa.Array) else column.combine_chunks()
-    no_reason = pa.nulls(len(values), pa.string())
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
     kind = info.type
-    if kind == "boolean":
-        return _text(_as_bool(values)), no_reason
-    if kind == "date":
-        return _text(pc.strftime(values.cast(pa.timestamp("s")), format="%Y-%m-%d")
-                     if not pa.types.is_string(values.type) else values), no_reason
-    if kind == "datetime":
-        return _text(_as_datetime(values)), no_reason
-    if kind in _NUMBER:
-        return _number(values, info)
+    try:
+        if kind == "boolean":
+            text, reasons = _as_bool(values, info)
+        elif kind == "date":
+            text, reasons = _as_date(values, info)
+        elif kind == "datetime":
+            text, reasons = _as_datetime(values, info)
+        elif kind in _NUMBER:
+            text, reasons = _number(values, info)
+        else:
+            text, reasons = _as_text(values, info)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # A column of a type no value of which the field can take (a list into a number).
+        text = pa.nulls(len(values), pa.string())
+        reasons = _reason(pc.is_valid(values), f"{info.name} cannot hold a {values.type} "
+                                                "value", _none(len(values)))
+    return _unless(text, reasons), reasons
+
+
+def screen(table: pa.Table, describe: Describe, writes: frozenset[str] | None = None
+           ) -> pa.Array:
+    """Per row of ``table``, the first reason Salesforce could not take its values (null
+    when it can): conversions that fail, and empty values in required fields."""
+    reasons = _none(table.num_rows)
+    for name in table.column_names:
+        info = describe.fields.get(name)
+        if info is None or (writes is not None and name not in writes):
+            continue
+        column = table.column(name).combine_chunks()
+        _, why = convert(column, info)
+        reasons = pc.coalesce(reasons, why)
+        if not info.nillable and info.type not in ("boolean", "id"):
+            empty = pc.is_null(column)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                empty = pc.or_kleene(empty, pc.equal(pc.utf8_length(column), 0))
+            reasons = _reason(empty, f"{name} is required and the value is empty", reasons)
+    return reasons
+
+
+_NUMBER_TEXT = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
+_DATETIME_TEXT = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+                  r"(Z|[+-]\d{2}:?\d{2})?$")
+_EMAIL_TEXT = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+_ID_TEXT = r"^[a-zA-Z0-9]{15}([a-zA-Z0-9]{3})?$"
+_TRUE = pa.array(["true", "1", "yes", "y", "t"])
+_FALSE = pa.array(["false", "0", "no", "n", "f"])
+
+
+def _number(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
+    reasons = _none(len(values))
+    if pa.types.is_boolean(values.type):
+        raise pa.ArrowTypeError("a boolean is not a number")
+    if pa.types.is_string(values.type):
+        numeric = pc.match_substring_regex(values, _NUMBER_TEXT)
+        reasons = _reason(pc.invert(numeric), f"{info.name} is not a number", reasons)
+        values = pc.utf8_trim_whitespace(pc.if_else(numeric, values, pa.scalar(None,
+                                                                                 pa.string())))
+    number = values if pa.types.is_floating(values.type) or pa.types.is_integer(
+        values.type) else pc.cast(values, pa.float64(), safe=False)
+    as_float = number.cast(pa.float64())
+    finite = pc.is_finite(as_float)
+    reasons = _reason(pc.invert(finite), f"{info.name} is not a finite number", reasons)
+    as_float = pc.if_else(finite, as_float, pa.scalar(None, pa.float64()))
+    if info.precision:
+        # Digits left of the point: precision minus scale (an APS__c of 5,2 holds 999.99).
+        limit = 10.0 ** (info.precision - info.scale)
+        too_big = pc.greater_equal(pc.abs(pc.round(as_float, info.scale)), limit)
+        reasons = _reason(too_big, f"{info.name} does not fit {info.precision} digits with "
+                                   f"{info.scale} after the point", reasons)
+    if info.type in ("int", "long") or (info.scale == 0 and pa.types.is_integer(number.type)):
+        text = pc.round(as_float, 0).cast(pa.int64()).cast(pa.string())
+    else:
+        rounded = pc.round(as_float, info.scale)
+        text = rounded.cast(pa.string())
+        # Arrow writes very large or small floats with an exponent, which a CSV
+        # number cell does not take: those few are written out in full.
+        exponent = pc.fill_null(pc.match_substring(text, "e"), False)
+        if pc.any(exponent).as_py():
+            full = pc.cast(pc.if_else(exponent, rounded, pa.scalar(None, pa.float64())),
+                           pa.decimal128(38, info.scale), safe=False).cast(pa.string())
+            text = pc.if_else(exponent, full, text)
+    return _unless(text, reasons), reasons
+
+
+def _as_bool(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
+    reasons = _none(len(values))
+    if pa.types.is_string(values.type):
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
+        yes, no = pc.is_in(lowered, value_set=_TRUE), pc.is_in(lowered, value_set=_FALSE)
+        reasons = _reason(pc.and_(pc.is_valid(values), pc.invert(pc.or_(yes, no))),
+                          f"{info.name} is not true or false", reasons)
+        flags = pc.if_else(yes, True, pc.if_else(no, False, pa.scalar(None, pa.bool_())))
+    elif pa.types.is_boolean(values.type) or pa.types.is_integer(values.type):
+        flags = values if pa.types.is_boolean(values.type) else pc.cast(values, pa.bool_())
+    else:
+        raise pa.ArrowTypeError(f"{values.type} is not a boolean")
+    text = pc.if_else(flags, pa.scalar("true"), pa.scalar("false"))
+    return _unless(text, reasons), reasons
+
+
+def _as_date(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
+    reasons = _none(len(values))
+    if pa.types.is_string(values.type):
+        parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
+        # strptime rolls 2024-02-30 over into March: a date must read back as written.
+        text = pc.strftime(parsed, format="%Y-%m-%d")
+        good = pc.fill_null(pc.equal(text, values), False)
+        reasons = _reason(pc.and_(pc.is_valid(values), pc.invert(good)),
+                          f"{info.name} is not a date (YYYY-MM-DD)", reasons)
+        return _unless(text, reasons), reasons
+    if pa.types.is_timestamp(values.type) and values.type.tz is not None:
+        values = values.cast(pa.timestamp("s", tz="UTC"))
+    text = pc.strftime(values.cast(pa.timestamp("s")) if not pa.types.is_timestamp(
+        values.type) else values, format="%Y-%m-%d")
+    return text, reasons
+
+
+def _as_datetime(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
+    reasons = _none(len(values))
+    if pa.types.is_string(values.type):
+        good = pc.match_substring_regex(values, _DATETIME_TEXT)
+        reasons = _reason(pc.invert(good), f"{info.name} is not an ISO 8601 date and time",
+                          reasons)
+        return _unless(values, reasons), reasons
+    stamps = values
+    if pa.types.is_timestamp(values.type) and values.type.tz is not None:
+        stamps = values.cast(pa.timestamp("ms", tz="UTC"))
+    elif pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+        stamps = values.cast(pa.timestamp("ms"))  # naive stamps are taken as UTC
+    else:
+        raise pa.ArrowTypeError(f"{values.type} is not a date and time")
+    # %S carries the milliseconds: 2024-01-02T03:04:05.000Z
+    return pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%SZ"), reasons
+
+
+def _as_text(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
     text = values if pa.types.is_string(values.type) else values.cast(pa.string())
-    reasons = no_reason
+    reasons = _none(len(values))
     if info.length:
         too_long = pc.greater(pc.utf8_length(text), info.length)
         reasons = _reason(too_long, f"{info.name} is longer than {info.length} characters",
                           reasons)
-    if kind == "picklist" and info.restricted and info.picklist:
+    if info.type == "email":
+        reasons = _reason(pc.invert(pc.match_substring_regex(text, _EMAIL_TEXT)),
+                          f"{info.name} is not an email address", reasons)
+    if info.type in ("id", "reference"):
+        reasons = _reason(pc.invert(pc.match_substring_regex(text, _ID_TEXT)),
+                          f"{info.name} is not a Salesforce record Id", reasons)
+    if info.type == "picklist" and info.restricted and info.picklist:
         allowed = pa.array(list(info.picklist), pa.string())
         outside = pc.and_(pc.is_valid(text), pc.invert(pc.is_in(text, value_set=allowed)))
         reasons = _reason(outside, f"{info.name} is not one of its picklist values", reasons)
     return text, reasons
 
 
-def _number(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
-    number = values if pa.types.is_floating(values.type) or pa.types.is_integer(
-        values.type) else pc.cast(values, pa.float64(), safe=False)
-    as_float = number.cast(pa.float64())
-    reasons = pa.nulls(len(values), pa.string())
-    if info.precision:
-        # Digits left of the point: precision minus scale (an APS__c of 5,2 holds 999.99).
-        limit = 10.0 ** (info.precision - info.scale)
-        too_big = pc.greater_equal(pc.abs(as_float), limit)
-        reasons = _reason(too_big, f"{info.name} does not fit {info.precision} digits with "
-                                   f"{info.scale} after the point", reasons)
-    if info.type == "int" or (info.scale == 0 and pa.types.is_integer(number.type)):
-        text = pc.round(as_float, 0).cast(pa.int64()).cast(pa.string())
-    else:
-        text = pc.round(as_float, info.scale).cast(pa.string())
-    return text, reasons
+def _none(n: int) -> pa.Array:
+    return pa.nulls(n, pa.string())
 
 
-def _as_bool(values: pa.Array) -> pa.Array:
-    flags = values if pa.types.is_boolean(values.type) else pc.cast(values, pa.bool_())
-    return pc.if_else(flags, pa.scalar("true"), pa.scalar("false"))
-
-
-def _as_datetime(values: pa.Array) -> pa.Array:
-    if pa.types.is_string(values.type):
-        return values
-    stamps = values
-    if pa.types.is_timestamp(values.type) and values.type.tz is not None:
-        stamps = values.cast(pa.timestamp("ms", tz="UTC"))
-    elif pa.types.is_timestamp(values.type):
-        stamps = values.cast(pa.timestamp("ms"))  # naive stamps are taken as UTC
-    return pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%SZ")  # %S carries the milliseconds
-
-
-def _text(values: pa.Array) -> pa.Array:
-    return values if pa.types.is_string(values.type) else values.cast(pa.string())
+def _unless(text: pa.Array, reasons: pa.Array) -> pa.Array:
+    """``text`` where no reason was found, null where one was."""
+    return pc.if_else(pc.is_null(reasons), text, pa.scalar(None, pa.string()))
 
 
 def _reason(mask: pa.Array, reason: str, reasons: pa.Array) -> pa.Array:

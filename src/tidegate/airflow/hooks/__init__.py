@@ -1,0 +1,1 @@
+"""Hooks of tidegate's Airflow provider."""

@@ -1,0 +1,1 @@
+"""Operators of tidegate's Airflow provider."""

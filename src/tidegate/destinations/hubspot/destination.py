@@ -1,0 +1,373 @@
+"""``type: hubspot``: a sync's batches written to CRM v3 objects through the batch endpoints.
+
+Before the first batch the object type's properties are read: a mapped field
+the object lacks or cannot write, or a match key that cannot identify a
+record, stops the run as a config error naming it. Records are matched on a
+unique-value property (``idProperty``; ``email`` for contacts) or on the
+record id ``hs_object_id``:
+
+    insert  → batch/create, every input with its own ``objectWriteTraceId`` so
+              HubSpot answers 207 per input instead of failing the request
+    upsert  → batch/upsert by ``idProperty``
+    update  → batch/update by ``idProperty`` (or record id); ids HubSpot cannot
+              find are rejected "not found"
+    delete  → batch/read to learn record ids, then batch/archive; a record
+              already gone counts as deleted
+
+Values are converted per property type (``properties.convert``); a value a
+property cannot hold rejects its row with the reason and is not sent. A
+request HubSpot refuses whole (400 ``VALIDATION_ERROR``: one input's value)
+is split in halves and sent again until the inputs at fault are found, so only
+they are rejected. 429s are read by ``policyName``: ``TEN_SECONDLY_ROLLING``
+(and ``SECONDLY``) wait and retry, ``DAILY`` stops the run with a message,
+because waiting inside a run cannot cure a spent daily allowance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import httpx
+import pyarrow as pa
+from pydantic import Field, SecretStr, field_validator
+
+from tidegate.destinations.base import (
+    ALL_MODES,
+    Batch,
+    BatchResult,
+    Capabilities,
+    DestinationConfig,
+    SyncTarget,
+)
+from tidegate.destinations.http import HttpDestination, body_preview, retry_after
+from tidegate.destinations.hubspot.properties import RECORD_ID, Properties, convert, parse
+from tidegate.errors import ConfigError, DestinationError, Problem, RetryableError
+from tidegate.redact import redact
+
+MAX_INPUTS = 100  # per batch request; HubSpot refuses more
+DEFAULT_RATE = 9.0  # requests a second: Free/Starter allow 100 per 10 s, kept 10 % under
+_Outcome = list[str | None]
+
+
+class HubSpotConfig(DestinationConfig):
+    """``type: hubspot`` settings (SPEC §6 names ``base_url`` and ``token``)."""
+
+    type: Literal["hubspot"]
+    base_url: str = "https://api.hubapi.com"
+    token: SecretStr
+    max_records: int = Field(default=MAX_INPUTS, gt=0, le=1000)
+    requests_per_second: float = Field(default=DEFAULT_RATE, gt=0)
+    concurrency: int = Field(default=4, gt=0, le=16)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("`base_url` must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class HubSpotDestination(HttpDestination):
+    """Writes CRM records through ``/crm/v3/objects/{objectType}/batch/*``."""
+
+    kind = "hubspot"
+    config_model = HubSpotConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        modes=ALL_MODES, max_records=MAX_INPUTS, requests_per_second=DEFAULT_RATE,
+        concurrency=4,
+        matches_by="a unique-value property named in `match.destination` (email for "
+                   "contacts), or the record id hs_object_id",
+    )
+
+    def __init__(self, name: str, config: HubSpotConfig, target: SyncTarget) -> None:
+        super().__init__(name, config, target)
+        self.settings = config
+        self.tls = config.base_url.startswith("https://")
+        self._properties: Properties | None = None
+        self._headers = {"authorization": f"Bearer {config.token.get_secret_value()}",
+                         "content-type": "application/json"}
+        self._timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
+        self._daily: tuple[int, int] | None = None  # (remaining, limit) as last seen
+
+    @property
+    def key(self) -> str:
+        return self.target.match_fields[0] if self.target.match_fields else RECORD_ID
+
+    def _url(self, tail: str) -> str:
+        return f"{self.settings.base_url}/crm/v3/{tail}"
+
+    # Before the run ------------------------------------------------------------
+
+    def check(self) -> None:
+        # A destination no sync uses yet has no object: any readable one proves the token.
+        self._fetch_properties(self.target.object or "contacts")
+
+    def prepare(self, schema: pa.Schema) -> None:
+        properties = self.before_run("the properties request", self._fetch_properties)
+        if len(self.target.match_fields) > 1:
+            raise ConfigError(Problem("HubSpot matches records on one property", key="match",
+                                      fix="match on one unique-value property"))
+        writes = [n for n in schema.names if n != self.key]
+        problems = properties.problems(writes, self.target.mode, self.key)
+        if problems:
+            raise ConfigError([Problem(message, key=key, fix=fix)
+                               for key, message, fix in problems])
+        self._properties = properties
+
+    def _fetch_properties(self, object_type: str = "") -> Properties:
+        object_type = object_type or self.target.object
+        response = self._request("GET", self._url(f"properties/{object_type}"))
+        if response.status_code in (400, 404):
+            raise ConfigError(Problem(
+                f"HubSpot has no object type {object_type!r} ({_message(response)})",
+                key="object", fix="use contacts, companies, deals, tickets or a custom "
+                                  "object's name or type id (e.g. 2-1234567)"))
+        problem = self.classify(response)
+        if problem is not None:
+            raise DestinationError(f"reading the properties of {object_type} failed: {problem}")
+        return parse(object_type, response.json())
+
+    # Writing -------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> BatchResult:
+        properties = self._properties or self._fetch_properties()
+        keys = batch.keys
+        rows, refused = self._rows(batch.table, properties)
+        rejected = {keys[i]: why for i, why in refused.items()}
+        todo = [i for i in range(len(keys)) if i not in refused]
+        if todo:
+            outcome = self._send_rows(batch.operation, [rows[i] for i in todo])
+            for i, why in zip(todo, outcome, strict=True):
+                if why is not None:
+                    rejected[keys[i]] = why
+        return BatchResult(rejected=rejected)
+
+    def _rows(self, table: pa.Table, properties: Properties
+              ) -> tuple[list[dict[str, str]], dict[int, str]]:
+        """Each row as HubSpot's property strings, and the rows that cannot be sent."""
+        columns: dict[str, list[str]] = {}
+        refused: dict[int, str] = {}
+        for name in table.column_names:
+            info = properties.by_name.get(name)
+            column = table.column(name)
+            if info is None:  # the record id: sent as text, never as a property
+                columns[name] = [("" if v is None else str(v)) for v in column.to_pylist()]
+                continue
+            email = name == "email" and properties.is_contacts
+            text, reasons = convert(column, info, email=email)
+            for i, why in enumerate(reasons.to_pylist()):
+                if why is not None and i not in refused:
+                    refused[i] = why
+            columns[name] = text.to_pylist()
+        for i, value in enumerate(columns.get(self.key, [])):
+            if not value and i not in refused:
+                refused[i] = f"the match property {self.key} is empty"
+        names = list(columns)
+        rows = [dict(zip(names, values, strict=True))
+                for values in zip(*columns.values(), strict=True)]
+        return rows or [{} for _ in range(table.num_rows)], refused
+
+    def _send_rows(self, operation: str, rows: list[dict[str, str]]) -> _Outcome:
+        key = self.key
+        if operation == "insert":
+            inputs = [{"properties": _props(r), "associations": [],
+                       "objectWriteTraceId": str(n)} for n, r in enumerate(rows)]
+            return self._batch("create", inputs, self._trace_outcome)
+        if operation == "delete":
+            return self._archive([r[key] for r in rows])
+        inputs = []
+        for row in rows:
+            item: dict[str, Any] = {"id": row[key], "properties": _props(row)}
+            if key != RECORD_ID:
+                item["idProperty"] = key
+            inputs.append(item)
+        return self._batch("upsert" if operation == "upsert" else "update", inputs,
+                           self._id_outcome)
+
+    def _batch(self, action: str, inputs: list[dict[str, Any]],
+               outcome_of: Callable[[dict[str, Any], list[dict[str, Any]]], _Outcome],
+               extra: dict[str, Any] | None = None) -> _Outcome:
+        """POST one batch request; per input, None when accepted or HubSpot's reason."""
+        response = self._request("POST", self._url(f"objects/{self.target.object}/batch/"
+                                                   f"{action}"),
+                                 json={"inputs": inputs, **(extra or {})})
+        problem = self.classify(response)
+        if problem is None:
+            doc = response.json() if response.content else {}
+            return outcome_of(doc, inputs)
+        if len(inputs) > 1 and _input_at_fault(response):
+            # HubSpot refuses a whole batch for one input's value without saying
+            # which: halve it until the inputs at fault stand alone. Any other
+            # refusal (a malformed request) would refuse every half too.
+            half = len(inputs) // 2
+            return (self._batch(action, inputs[:half], outcome_of, extra)
+                    + self._batch(action, inputs[half:], outcome_of, extra))
+        return [f"HTTP {response.status_code}: {_message(response)}"] * len(inputs)
+
+    def _trace_outcome(self, doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
+        return _outcome(doc, [str(i["objectWriteTraceId"]) for i in inputs],
+                        lambda r: str(r.get("objectWriteTraceId")), "objectWriteTraceId",
+                        fold=False)
+
+    def _id_outcome(self, doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
+        fold = self.key == "email"
+        key = self.key
+
+        def result_ident(result: dict[str, Any]) -> str:
+            if key == RECORD_ID:
+                return str(result.get("id"))
+            return str((result.get("properties") or {}).get(key, ""))
+
+        return _outcome(doc, [str(i["id"]) for i in inputs], result_ident, "ids", fold=fold)
+
+    def _archive(self, values: list[str]) -> _Outcome:
+        if self.key == RECORD_ID:
+            ids: dict[str, str] = {v: v for v in values}
+        else:
+            ids = self._record_ids(values)
+        found = [ids[v] for v in values if v in ids]
+        for start in range(0, len(found), MAX_INPUTS):
+            chunk = found[start:start + MAX_INPUTS]
+            outcome = self._batch("archive", [{"id": i} for i in chunk],
+                                  lambda _doc, inputs: [None] * len(inputs))
+            refusal = next((o for o in outcome if o is not None), None)
+            if refusal is not None:  # archive answers 204 or refuses the request whole
+                return [refusal] * len(values)
+        return [None] * len(values)  # a record already gone is as deleted as it gets
+
+    def _record_ids(self, values: list[str]) -> dict[str, str]:
+        """Record ids by match value; values HubSpot cannot find are left out."""
+        fold = self.key == "email"
+        found: dict[str, str] = {}
+
+        def read(doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
+            for result in doc.get("results", []):
+                value = result.get("properties", {}).get(self.key)
+                if value is not None:
+                    found[_fold(str(value), fold)] = str(result["id"])
+            return [None] * len(inputs)
+
+        for start in range(0, len(values), MAX_INPUTS):
+            self._batch("read", [{"id": v} for v in values[start:start + MAX_INPUTS]], read,
+                        {"idProperty": self.key, "properties": [self.key],
+                         "propertiesWithHistory": []})
+        return {v: found[_fold(v, fold)] for v in values if _fold(v, fold) in found}
+
+    # HubSpot's signals -----------------------------------------------------------
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = self.send(method, url, headers=self._headers, timeout=self._timeout,
+                             **kwargs)
+        remaining = response.headers.get("x-hubspot-ratelimit-daily-remaining")
+        limit = response.headers.get("x-hubspot-ratelimit-daily")
+        if remaining and limit and remaining.isdigit() and limit.isdigit():
+            seen = (int(remaining), int(limit))
+            with self._client_lock:  # concurrent answers arrive out of order: keep the lowest
+                if self._daily is None or seen[0] <= self._daily[0]:
+                    self._daily = seen
+        return response
+
+    def classify(self, response: httpx.Response) -> str | None:
+        status = response.status_code
+        if status == 429:
+            raise self._throttled(response)
+        if status == 401:
+            raise DestinationError(
+                f"HubSpot refused the token (401: {_message(response)}). Fix: check `token` "
+                "(a private app's access token) and `base_url`")
+        if status == 403:
+            raise DestinationError(
+                f"HubSpot refused access (403: {_message(response)}). Fix: give the private "
+                f"app the scopes to read and write {self.target.object} (crm.objects.*.read "
+                "and .write, crm.schemas.*.read)")
+        return super().classify(response)
+
+    def _throttled(self, response: httpx.Response) -> Exception:
+        policy = str(_body(response).get("policyName") or "")
+        if policy == "DAILY":
+            return DestinationError(
+                "HubSpot's daily API limit for this account is spent (429 DAILY). It resets at "
+                "midnight in the account's time zone: run again then, or raise the limit with "
+                "HubSpot's API add-on; what was acknowledged is kept")
+        wait = retry_after(response)
+        if wait is None and policy == "SECONDLY":
+            wait = 1.0
+        if wait is None:
+            # The rolling window's length; HubSpot is not documented to send Retry-After.
+            interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds", "")
+            wait = int(interval) / 1000 if interval.isdigit() else 10.0
+        return RetryableError(f"HubSpot is throttling this account (429 {policy or 'rate limit'})",
+                              retry_after=wait)
+
+    def report(self) -> dict[str, Any]:
+        """The account's daily API allowance as its last answer showed it."""
+        if self._daily is None:
+            return {}
+        remaining, limit = self._daily
+        return {"daily_remaining": remaining, "daily_limit": limit}
+
+
+def _props(row: dict[str, str]) -> dict[str, str]:
+    # The match value is written as a property too (not the record id, which HubSpot
+    # assigns), so each result names the input it answers.
+    return {k: v for k, v in row.items() if k != RECORD_ID}
+
+
+def _outcome(doc: dict[str, Any], idents: list[str],
+             result_ident: Callable[[dict[str, Any]], str], context_key: str, *, fold: bool
+             ) -> _Outcome:
+    """Per input (by ``idents``), HubSpot's error for it or None (accepted).
+
+    Every input is in ``results`` or in ``errors``; errors name their inputs in
+    their ``context``. An error that names none is matched by elimination: it
+    goes to the inputs no result answers.
+    """
+    named: dict[str, str] = {}
+    unnamed: list[str] = []
+    for error in doc.get("errors") or []:
+        message = redact(f"{error.get('category', 'ERROR')}: {error.get('message', '')}")
+        owners = (error.get("context") or {}).get(context_key) or []
+        for ident in owners:
+            named[_fold(str(ident), fold)] = message
+        if not owners:
+            unnamed.append(message)
+    answered = {_fold(result_ident(r), fold) for r in doc.get("results") or []}
+    out: _Outcome = []
+    for ident in (_fold(i, fold) for i in idents):
+        if ident in named:
+            out.append(named[ident])
+        elif unnamed and ident not in answered:
+            out.append(unnamed[0])
+        else:
+            out.append(None)
+    return out
+
+
+def _input_at_fault(response: httpx.Response) -> bool:
+    """Whether a refused request names a value of some input (or a record conflict)."""
+    doc = _body(response)
+    category, message = str(doc.get("category", "")), str(doc.get("message", ""))
+    return response.status_code in (400, 409) and (
+        category == "CONFLICT" or message.startswith("Property values were not valid"))
+
+
+def _fold(value: str, fold: bool) -> str:
+    return value.lower() if fold else value
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except (ValueError, json.JSONDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _message(response: httpx.Response) -> str:
+    doc = _body(response)
+    if doc.get("message"):
+        return redact(str(doc["message"])[:500])
+    return body_preview(response)

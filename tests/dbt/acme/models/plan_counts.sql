@@ -1,0 +1,1 @@
+select plan, count(*) as customers from {{ ref('customers') }} group by plan
