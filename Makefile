@@ -12,8 +12,10 @@ DBT_STAMP := $(DBT_VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	# The Airflow provider's tests run real Airflow: its own extras, never a plain install's.
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[airflow,openlineage]'
+	# The Airflow provider's tests run real Airflow: its own extras, never a plain install's;
+	# and the Census and Hightouch providers, unmodified, against `tidegate serve`.
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[airflow,openlineage]' \
+		'airflow-provider-census>=2.1' 'airflow-provider-hightouch>=5.0'
 	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
 	touch $(STAMP)
 

@@ -39,7 +39,8 @@ def test_provider_info_follows_airflows_schema(airflow_db: Path) -> None:
     schema = json.loads(importlib.resources.files("airflow").joinpath(
         "provider_info.schema.json").read_text())
     jsonschema.validate(get_provider_info(), schema)
-    modules = [m for group in ("hooks", "operators") for entry in get_provider_info()[group]
+    modules = [m for group in ("hooks", "operators", "sensors", "triggers")
+               for entry in get_provider_info()[group]
                for m in entry["python-modules"]]
     for module in modules:
         __import__(module)

@@ -1,11 +1,13 @@
 """tidegate's Apache Airflow provider: run syncs as tasks (``pip install 'tidegate[airflow]'``).
 
     from tidegate.airflow import ReverseETLOperator, TidegateHook, TidegateSyncOperator
+    from tidegate.airflow import TidegateSyncSensor, TidegateTriggerSyncOperator  # server
 
 The provider is registered with Airflow through the ``apache_airflow_provider``
 entry point (``get_provider_info``), with its ``tidegate`` connection type (a
-state store) declared in the way Airflow 3.2 reads without importing the hook.
-Its layout is Airflow's own: ``hooks/``, ``operators/``; ``connections`` turns
+state store) and ``tidegate_server`` (a ``tidegate serve``) declared in the way
+Airflow 3.2 reads without importing the hooks. Its layout is Airflow's own:
+``hooks/``, ``operators/``, ``sensors/``, ``triggers/``; ``connections`` turns
 Airflow connections into tidegate settings, ``lineage`` names OpenLineage
 datasets. It is a thin face over ``tidegate.Project``; nothing outside this
 package imports Airflow, and importing this module does not either.
@@ -17,12 +19,16 @@ from typing import Any
 
 from tidegate import __version__
 
-__all__ = ["ReverseETLOperator", "TidegateHook", "TidegateSyncOperator", "get_provider_info"]
+__all__ = ["ReverseETLOperator", "TidegateHook", "TidegateServerHook", "TidegateSyncOperator",
+           "TidegateSyncSensor", "TidegateTriggerSyncOperator", "get_provider_info"]
 
 _LAZY = {
     "TidegateHook": "tidegate.airflow.hooks.tidegate",
     "TidegateSyncOperator": "tidegate.airflow.operators.sync",
     "ReverseETLOperator": "tidegate.airflow.operators.reverse_etl",
+    "TidegateServerHook": "tidegate.airflow.hooks.server",
+    "TidegateTriggerSyncOperator": "tidegate.airflow.operators.server",
+    "TidegateSyncSensor": "tidegate.airflow.sensors.server",
 }
 _NAME = "tidegate"
 
@@ -38,10 +44,16 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [{"integration-name": _NAME, "tags": ["service"],
                           "external-doc-url": "https://pypi.org/project/tidegate/"}],
         "hooks": [{"integration-name": _NAME,
-                   "python-modules": ["tidegate.airflow.hooks.tidegate"]}],
+                   "python-modules": ["tidegate.airflow.hooks.tidegate",
+                                      "tidegate.airflow.hooks.server"]}],
         "operators": [{"integration-name": _NAME,
                        "python-modules": ["tidegate.airflow.operators.sync",
-                                          "tidegate.airflow.operators.reverse_etl"]}],
+                                          "tidegate.airflow.operators.reverse_etl",
+                                          "tidegate.airflow.operators.server"]}],
+        "sensors": [{"integration-name": _NAME,
+                     "python-modules": ["tidegate.airflow.sensors.server"]}],
+        "triggers": [{"integration-name": _NAME,
+                      "python-modules": ["tidegate.airflow.triggers.server"]}],
         "connection-types": [{
             "connection-type": "tidegate",
             "hook-class-name": "tidegate.airflow.hooks.tidegate.TidegateHook",
@@ -65,6 +77,16 @@ def get_provider_info() -> dict[str, Any]:
                 "relabeling": {"host": "PostgreSQL host", "schema": "Database"},
                 "placeholders": {"host": "postgres.internal", "port": "5432",
                                  "schema": "tidegate", "login": "tidegate"},
+            },
+        }, {
+            "connection-type": "tidegate_server",
+            "hook-class-name": "tidegate.airflow.hooks.server.TidegateServerHook",
+            "hook-name": "tidegate server",
+            "ui-field-behaviour": {
+                "hidden-fields": ["login", "extra"],
+                "relabeling": {"host": "Server URL", "password": "API token"},
+                "placeholders": {"host": "http://tidegate.internal:8787",
+                                 "password": "the server's TIDEGATE_API_TOKEN"},
             },
         }],
     }

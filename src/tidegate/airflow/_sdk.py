@@ -6,8 +6,16 @@ Only modules under ``tidegate.airflow`` import Airflow, and they do it here.
 from __future__ import annotations
 
 try:
-    from airflow.sdk import BaseHook, BaseOperator, Connection, Context
+    from airflow.sdk import (
+        BaseHook,
+        BaseOperator,
+        BaseSensorOperator,
+        Connection,
+        Context,
+        PokeReturnValue,
+    )
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    from airflow.triggers.base import BaseTrigger, TriggerEvent
 except ImportError as exc:  # pragma: no cover - the tests run with Airflow installed
     raise ImportError(
         "tidegate's Airflow provider needs Apache Airflow 3.2 or later: "
@@ -19,6 +27,10 @@ __all__ = [
     "AirflowSkipException",
     "BaseHook",
     "BaseOperator",
+    "BaseSensorOperator",
+    "BaseTrigger",
     "Connection",
     "Context",
+    "PokeReturnValue",
+    "TriggerEvent",
 ]

@@ -110,32 +110,38 @@ class TidegateRunOperator(BaseOperator):
         return self._outcome(context, label, summary)
 
     def _outcome(self, context: Context, label: str, summary: dict[str, Any]) -> dict[str, Any]:
-        status, run_id = summary["status"], summary["run_id"]
-        self.log.info("run %s of sync %s: %s; planned %s; delivered %s; %s rejected; %.1f s",
-                      run_id, label, status, summary["planned"], summary["delivered"],
-                      summary["rejected"], summary["duration_s"])
-        if status in ("succeeded", "partial"):
-            if status == "partial":
-                self.log.warning("run %s of sync %s: %s", run_id, label,
-                                 redact(summary.get("error") or f"{summary['rejected']} "
-                                        "record(s) rejected; the next run sends them again"))
-            return summary
-        context["ti"].xcom_push(key="summary", value=summary)
-        if status == "held":
-            for reason in (summary.get("verdict") or {}).get("reasons", []):
-                self.log.warning("guardrail %s held the run: %s", reason.get("rule"),
-                                 redact(str(reason.get("message"))))
-            message = redact(
-                f"run {run_id} of sync {label} is {summary.get('error') or 'held'}; nothing "
-                f"was sent. Release it with `tidegate approve {run_id}`, or run with "
-                "force=True")
-            if self.on_held == "skip":
-                self.log.warning("%s", message)
-                raise AirflowSkipException(message)
-            raise SyncHeld(message, summary)
-        raise SyncFailed(redact(f"run {run_id} of sync {label} failed: {summary.get('error')}"),
-                         summary)
+        return conclude(self.log, self.on_held, context, label, summary)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The model's tables as inputs and the destination object as output."""
         return None if self._lineage is None else lineage.facets(self._lineage)
+
+
+def conclude(log: Any, on_held: OnHeld, context: Context, label: str,
+             summary: dict[str, Any]) -> dict[str, Any]:
+    """End a task as its run ended: return the summary, skip, or raise with the reason."""
+    status, run_id = summary["status"], summary["run_id"]
+    log.info("run %s of sync %s: %s; planned %s; delivered %s; %s rejected; %.1f s",
+             run_id, label, status, summary["planned"], summary["delivered"],
+             summary["rejected"], summary["duration_s"])
+    if status in ("succeeded", "partial"):
+        if status == "partial":
+            log.warning("run %s of sync %s: %s", run_id, label,
+                        redact(summary.get("error") or f"{summary['rejected']} "
+                               "record(s) rejected; the next run sends them again"))
+        return summary
+    context["ti"].xcom_push(key="summary", value=summary)
+    if status == "held":
+        for reason in (summary.get("verdict") or {}).get("reasons", []):
+            log.warning("guardrail %s held the run: %s", reason.get("rule"),
+                        redact(str(reason.get("message"))))
+        message = redact(
+            f"run {run_id} of sync {label} is {summary.get('error') or 'held'}; nothing "
+            f"was sent. Release it with `tidegate approve {run_id}`, or run with "
+            "force=True")
+        if on_held == "skip":
+            log.warning("%s", message)
+            raise AirflowSkipException(message)
+        raise SyncHeld(message, summary)
+    raise SyncFailed(redact(f"run {run_id} of sync {label} failed: {summary.get('error')}"),
+                     summary)

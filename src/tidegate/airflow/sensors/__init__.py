@@ -1,0 +1,1 @@
+"""Sensors of tidegate's Airflow provider."""

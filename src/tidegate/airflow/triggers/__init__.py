@@ -1,0 +1,1 @@
+"""Triggers of tidegate's Airflow provider."""
