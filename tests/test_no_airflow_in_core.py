@@ -11,7 +11,8 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src" / "tidegate"
 # Modules of the provider that are Airflow code by nature.
 AIRFLOW_FACED = ("tidegate.airflow._sdk", "tidegate.airflow.errors", "tidegate.airflow.hooks",
-                 "tidegate.airflow.operators")
+                 "tidegate.airflow.operators", "tidegate.airflow.sensors",
+                 "tidegate.airflow.triggers")
 
 
 def imported(path: Path) -> set[str]:
