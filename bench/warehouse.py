@@ -3,9 +3,9 @@
 Two copies of the same 8-column DuckDB model (``scale.COLUMNS``), one synced with
 ``diff: local``, one with ``diff: warehouse``. Each does its first run (every row
 to Parquet), then 1 % of the scores change and each sync is planned again, in a
-fresh process (best of 3). Bytes out of the warehouse: for the local store, the
-model as Arrow (every row's columns, which the planner reads); for the warehouse
-diff, what its queries returned (``warehouse_bytes_out``).
+fresh process (best of 3, the two taken in turns). Bytes out of the warehouse:
+for the local store, the model as Arrow (every row's columns, which the planner
+reads); for the warehouse diff, what its queries returned (``warehouse_bytes_out``).
 
     python bench/warehouse.py --rows 10000000 [--out docs/performance.md]
 """
@@ -50,25 +50,31 @@ def _plan(root: Path) -> dict[str, Any]:
 
 
 def measure(rows: int, repeats: int = 3) -> dict[str, Any]:
+    """Both first runs, then the 1 % plans taken in turns (local, warehouse, local, …), so
+    that whatever else the machine does weighs on both alike."""
     out: dict[str, Any] = {"rows": rows}
-    for diff in ("local", "warehouse"):
-        root = Path(tempfile.mkdtemp(prefix=f"tidegate-wh-{diff}-"))
-        try:
+    roots = {diff: Path(tempfile.mkdtemp(prefix=f"tidegate-wh-{diff}-"))
+             for diff in ("local", "warehouse")}
+    try:
+        for diff, root in roots.items():
             _project(root, rows, diff)
             first = scale._child(root, "run")
             out[f"{diff}_first_run_s"] = round(first["total_s"], 1)
             out["changed_rows"] = scale.change(root)
-            plans = [scale._child(root, "plan") for _ in range(repeats)]
-            best = min(plans, key=lambda r: r["plan_s"])
+        plans: dict[str, list[dict[str, Any]]] = {diff: [] for diff in roots}
+        for _ in range(repeats):
+            for diff, root in roots.items():
+                plans[diff].append(scale._child(root, "plan"))
+        for diff, taken in plans.items():
+            best = min(taken, key=lambda r: r["plan_s"])
             out[f"{diff}_plan_s"] = round(best["plan_s"], 3)
-            out[f"{diff}_peak_rss_mb"] = round(max(p["peak_rss_mb"] for p in plans))
-            if diff == "local":
-                out["local_bytes_out"] = model_bytes(root)
-            else:
-                plan = _plan(root)
-                assert plan["planned"]["changed"] == out["changed_rows"], plan["planned"]
-                out["warehouse_bytes_out"] = int(plan["timings"]["warehouse_bytes_out"])
-        finally:
+            out[f"{diff}_peak_rss_mb"] = round(max(p["peak_rss_mb"] for p in taken))
+        out["local_bytes_out"] = model_bytes(roots["local"])
+        plan = _plan(roots["warehouse"])
+        assert plan["planned"]["changed"] == out["changed_rows"], plan["planned"]
+        out["warehouse_bytes_out"] = int(plan["timings"]["warehouse_bytes_out"])
+    finally:
+        for root in roots.values():
             shutil.rmtree(root, ignore_errors=True)
     return out
 
@@ -83,7 +89,8 @@ def render(r: dict[str, Any]) -> str:
         f"The same {r['rows']:,}-row model, one sync planned with the local state store, one",
         "with its key-and-hash copy in the warehouse (`bench/warehouse.py`). After each",
         f"first run, 1 % of the scores change ({r['changed_rows']:,} rows) and the sync is",
-        "planned again in a fresh process (best of 3). *Out of the warehouse*: for the local",
+        "planned again in a fresh process (best of 3, the two syncs' plans taken in turns).",
+        "*Out of the warehouse*: for the local",
         "store, the model as Arrow (the planner reads every row); for the warehouse diff,",
         "what its queries returned: the changed rows, their keys and old hashes, and counts.",
         "",
