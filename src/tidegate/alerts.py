@@ -33,7 +33,12 @@ import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tidegate.config import Strict
-from tidegate.destinations.http import RETRYABLE_STATUS, body_preview, retry_after
+from tidegate.destinations.http import (
+    RETRYABLE_STATUS,
+    body_preview,
+    check_http_url,
+    retry_after,
+)
 from tidegate.redact import redact, redact_url, register, register_url
 
 log = logging.getLogger("tidegate")
@@ -133,18 +138,6 @@ AlertConfig = Annotated[
     WebhookAlertConfig | SlackAlertConfig | EmailAlertConfig,
     Field(discriminator="type"),
 ]
-
-
-def check_http_url(value: str, key: str) -> None:
-    """ValueError unless ``value`` is an http(s) URL with a host; never quotes the value."""
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"`{key}` must start with http:// or https://")
-    try:
-        host = httpx.URL(value).host
-    except httpx.InvalidURL:
-        host = ""
-    if not host:
-        raise ValueError(f"`{key}` is not a valid http(s) URL with a host")
 
 
 def check_address(value: str, key: str) -> str:

@@ -1,5 +1,8 @@
 """The one place that classifies HTTP outcomes for HTTP-based destinations.
 
+It also holds ``check_http_url``, the check that a configured URL is http(s)
+with a host, which the webhook destination and the alert channels share.
+
 Default contract (SPEC §6, the webhook's): 2xx accepts, 408 / 429 / 5xx and
 transport failures are transient (``RetryableError``, honouring
 ``Retry-After``), any other status rejects the batch with the status and the
@@ -42,6 +45,18 @@ def retry_after(response: httpx.Response) -> float | None:
         if parsed is None:
             return None
         return max(0.0, parsed.timestamp() - time.time())
+
+
+def check_http_url(value: str, key: str) -> None:
+    """ValueError unless ``value`` is an http(s) URL with a host; never quotes the value."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"`{key}` must start with http:// or https://")
+    try:
+        host = httpx.URL(value).host
+    except httpx.InvalidURL:
+        host = ""
+    if not host:
+        raise ValueError(f"`{key}` is not a valid http(s) URL with a host")
 
 
 def body_preview(response: httpx.Response) -> str:

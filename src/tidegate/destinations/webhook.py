@@ -32,7 +32,7 @@ from tidegate.destinations.base import (
     DestinationConfig,
     SyncTarget,
 )
-from tidegate.destinations.http import HttpDestination
+from tidegate.destinations.http import HttpDestination, check_http_url
 from tidegate.errors import DestinationError
 from tidegate.redact import redact, redact_url, register
 
@@ -61,14 +61,7 @@ class WebhookConfig(DestinationConfig):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("`url` must start with http:// or https://")
-        try:
-            host = httpx.URL(value).host
-        except httpx.InvalidURL:
-            host = ""
-        if not host:
-            raise ValueError("`url` is not a valid http(s) URL with a host")
+        check_http_url(value, "url")
         return value
 
     @field_validator("secret")

@@ -37,7 +37,8 @@ source in a comment:
 
 Fault knobs can be turned while it runs: ``fail_next`` (5xx), ``throttle_next``
 (429 of a given policy), ``refuse`` (values a property refuses, as a portal's
-validation rule would) and ``spend_daily``.
+validation rule would) and ``spend_daily``; ``on_request`` sees each request
+first (the base's hook), so a test can hold one or fault the next.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import threading
 import time
 import uuid
@@ -57,9 +57,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tidegate.errors import ConfigError
 from tidegate.sandbox.openapi import Contract, load_documents
-from tidegate.sandbox.server import LocalServer, Reply, serve_forever
+from tidegate.sandbox.server import LocalServer, Reply, exit_on_config_error, serve_forever
 
 __all__ = ["MAX_INPUTS", "HubSpotSandbox", "ObjectType", "Property", "default_objects",
            "main", "serve"]
@@ -394,6 +393,7 @@ class HubSpotSandbox(LocalServer):
     def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply:
         parts = urlsplit(target)
         path, query = parts.path, parse_qs(parts.query)
+        self.observe(method, path)
         try:
             body = self._parse(raw) if raw else None
             inputs = body.get("inputs") if isinstance(body, dict) else None
@@ -827,7 +827,7 @@ def serve(port: int, token: str = DEFAULT_TOKEN, *, burst: int = DEFAULT_BURST,
         return HubSpotSandbox(port=port, token=token, burst=burst, daily_limit=daily_limit,
                               log=lambda line: print(line, flush=True))
 
-    def banner(server: Any) -> str:
+    def banner(server: HubSpotSandbox) -> str:
         return (f"hubspot sandbox listening on {server.url}\n"
                 f"  base_url: {server.url}\n"
                 f"  token:    {token}\n"
@@ -846,11 +846,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", type=int, default=DEFAULT_BURST)
     parser.add_argument("--daily-limit", type=int, default=DEFAULT_DAILY)
     args = parser.parse_args(argv)
-    try:
-        serve(args.port, args.token, burst=args.burst, daily_limit=args.daily_limit)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+    exit_on_config_error(lambda: serve(args.port, args.token, burst=args.burst,
+                                       daily_limit=args.daily_limit))
 
 
 if __name__ == "__main__":

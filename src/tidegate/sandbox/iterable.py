@@ -25,7 +25,8 @@ whose request and response shapes and rate limits each handler follows):
   429 ``RateLimitExceeded`` when exceeded.
 
 Fault knobs, turned while it runs: ``fail_next`` (5xx), ``throttle_next`` (429),
-``forget`` (GDPR-forgotten users) and ``disallow_events``.
+``forget`` (GDPR-forgotten users) and ``disallow_events``; ``on_request`` sees
+each request first (the base's hook), so a test can hold one or fault the next.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tidegate.errors import ConfigError
-from tidegate.sandbox.server import LocalServer, Reply, serve_forever
+from tidegate.sandbox.server import LocalServer, Reply, exit_on_config_error, serve_forever
 
 __all__ = ["DEFAULT_KEY", "MAX_BODY_BYTES", "IterableSandbox", "main", "serve"]
 
@@ -190,6 +189,7 @@ class IterableSandbox(LocalServer):
     def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply:
         parts = urlsplit(target)
         path = parts.path
+        self.observe(method, path)
         try:
             body = self._parse(path, raw) if method == "POST" else None
             with self._lock:
@@ -480,7 +480,7 @@ def serve(port: int, api_key: str = DEFAULT_KEY, lists: dict[int, str] | None = 
         return IterableSandbox(port=port, api_key=api_key, lists=lists,
                                log=lambda line: print(line, flush=True))
 
-    def banner(server: Any) -> str:
+    def banner(server: IterableSandbox) -> str:
         shown = ", ".join(f"list:{i} ({n})" for i, n in sorted(server._lists.items()))
         return (f"iterable sandbox listening on {server.url}\n"
                 f"  base_url: {server.url}\n"
@@ -496,11 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8793)
     parser.add_argument("--api-key", default=DEFAULT_KEY)
     args = parser.parse_args(argv)
-    try:
-        serve(args.port, args.api_key)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+    exit_on_config_error(lambda: serve(args.port, args.api_key))
 
 
 if __name__ == "__main__":

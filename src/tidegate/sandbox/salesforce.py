@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import csv
 import hashlib
 import hmac
@@ -38,8 +37,6 @@ import json
 import random
 import re
 import secrets
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -47,11 +44,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tidegate.errors import ConfigError, Problem
+from tidegate.sandbox.server import LocalServer, Reply, exit_on_config_error, serve_forever
 
 __all__ = [
     "API_VERSION",
@@ -73,12 +69,8 @@ MAX_COLLECTION = 200
 # "CSV data that does not in total exceed 150 MB of base64 encoded content".
 MAX_UPLOAD_BYTES = 150 * 1024 * 1024
 DEFAULT_AUDIENCE = "https://login.salesforce.com"
-_JOIN_TIMEOUT_S = 5.0
-_POLL_S = 0.05
 _JSON = {"content-type": "application/json;charset=UTF-8"}
 _CSV = {"content-type": "text/csv"}
-
-Reply = tuple[int, dict[str, str], bytes]
 
 # https://developer.salesforce.com/docs/platform/api-asynch/guide/create-job.html
 _DELIMITERS = {"BACKQUOTE": "`", "CARET": "^", "COMMA": ",", "PIPE": "|",
@@ -449,15 +441,19 @@ def _now() -> str:
 # The server --------------------------------------------------------------------
 
 
-class SalesforceSandbox:
+class SalesforceSandbox(LocalServer):
     """An in-memory, thread-safe Salesforce org on ``host:port``; a context manager.
 
     ``client_id``/``client_secret`` are what the client-credentials flow checks;
     the JWT bearer flow checks an RS256 assertion whose ``iss`` is
     ``consumer_key`` (default: ``client_id``) against ``public_key`` (PEM) and
     whose ``aud`` is ``audience``. ``polls_to_complete`` is how many job-info
-    polls a closed Bulk job needs before it reaches ``JobComplete``.
+    polls a closed Bulk job needs before it reaches ``JobComplete``. Its ``url``
+    is the login host and the ``instance_url`` at once; ``on_request`` is called
+    with (method, REST path after the version) before each REST call is answered.
     """
+
+    name = "salesforce"
 
     def __init__(
         self,
@@ -490,7 +486,6 @@ class SalesforceSandbox:
         self.max_upload_bytes = max_upload_bytes
         self.hard_delete_allowed = hard_delete_allowed
         self.page_size = page_size
-        self.log = log
         # Counters tests read back.
         self.request_count = 0
         self.api_usage = 0
@@ -498,9 +493,6 @@ class SalesforceSandbox:
         self.upload_bytes = 0
         self.uploads: list[int] = []  # bytes of each upload, in order
         self.tokens_issued = 0
-        # Called with (method, REST path after the version) before each REST call is
-        # answered, on the server's thread: tests block there, or turn a fault knob.
-        self.on_request: Callable[[str, str], None] | None = None
         self.job_count = 0
         self._seed = seed
         self._lock = threading.RLock()
@@ -515,51 +507,11 @@ class SalesforceSandbox:
         self._failures: list[int] = []
         self._throttled = 0
         self._locks: dict[str, int] = {}
-        self._open: dict[socket.socket, threading.Thread] = {}
-        self._host = host
-        self._server: _Server | None = self._bind(port)
-        self._port: int = self._server.server_address[1]
-        self._thread: threading.Thread | None = None
-
-    # Lifecycle -----------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The base URL: the login host and the ``instance_url`` at once."""
-        return f"http://{self._host}:{self._port}"
+        super().__init__(host, port, log)
 
     @property
     def token_url(self) -> str:
         return f"{self.url}/services/oauth2/token"
-
-    def start(self) -> SalesforceSandbox:
-        if self._server is None:
-            self._server = self._bind(self._port)
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(_POLL_S,), daemon=True,
-                name="tidegate-salesforce-sandbox",
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening, close open connections and wait for their threads."""
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is None:
-            return
-        if thread is not None:
-            server.shutdown()
-            thread.join()
-        server.server_close()
-        self._close_connections()
-
-    def __enter__(self) -> SalesforceSandbox:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # Setup -----------------------------------------------------------------------
 
@@ -649,7 +601,7 @@ class SalesforceSandbox:
 
     # Request handling ------------------------------------------------------------
 
-    def _handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply:
+    def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply:
         parts = urlsplit(target)
         path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
         with self._lock:
@@ -673,13 +625,11 @@ class SalesforceSandbox:
 
     def _rest(self, method: str, version: str, path: str, query: dict[str, list[str]],
               headers: dict[str, str], raw: bytes) -> Reply:
-        hook = self.on_request
-        if hook is not None:
-            hook(method, path)
+        self.observe(method, path)
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
         if failure is not None:
-            self._say(f"injected failure: HTTP {failure}")
+            self.say(f"injected failure: HTTP {failure}")
             return failure, dict(_JSON), json.dumps([{
                 "message": "Service temporarily unavailable, try again later",
                 "errorCode": "SERVER_UNAVAILABLE"}]).encode()
@@ -796,7 +746,7 @@ class SalesforceSandbox:
         with self._lock:
             self._tokens[token] = True
             self.tokens_issued += 1
-        self._say("issued an access token")
+        self.say("issued an access token")
         return _json_reply(200, {"access_token": token, "instance_url": self.url,
                                  "id": identity, "token_type": "Bearer", "issued_at": issued,
                                  "signature": base64.b64encode(mac.digest()).decode(),
@@ -1190,7 +1140,7 @@ class SalesforceSandbox:
                        created=_now())
             self._jobs[job.id] = job
             info = job.info(base)
-        self._say(f"bulk job {job.id}: {operation} {sobject.name} created")
+        self.say(f"bulk job {job.id}: {operation} {sobject.name} created")
         return _json_reply(200, info)
 
     def _upload(self, job: _Job, headers: dict[str, str], raw: bytes) -> Reply:
@@ -1219,7 +1169,7 @@ class SalesforceSandbox:
             self.upload_count += 1
             self.upload_bytes += len(raw)
             self.uploads.append(len(raw))
-        self._say(f"bulk job {job.id}: {len(raw)} bytes uploaded")
+        self.say(f"bulk job {job.id}: {len(raw)} bytes uploaded")
         return 201, {}, b""
 
     def _change_state(self, job: _Job, raw: bytes, base: str) -> Reply:
@@ -1296,7 +1246,7 @@ class SalesforceSandbox:
         shuffle.shuffle(job.failed)
         job.processed, job.failures = len(rows), len(job.failed)
         job.state = "JobComplete"
-        self._say(f"bulk job {job.id}: {len(job.successful)} succeeded, {len(job.failed)} failed")
+        self.say(f"bulk job {job.id}: {len(job.successful)} succeeded, {len(job.failed)} failed")
 
     def _job_problem(self, job: _Job, header: list[str]) -> str | None:
         raw = job.data or b""
@@ -1460,33 +1410,6 @@ class SalesforceSandbox:
                 row[f.name] = False
         row["LastModifiedDate"] = _now()
         return row
-
-    def _say(self, line: str) -> None:
-        if self.log is not None:
-            self.log(line)
-
-    def _bind(self, port: int) -> _Server:
-        return _Server((self._host, port), _handler(self))
-
-    def _opened(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._open[conn] = threading.current_thread()
-
-    def _closed(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._open.pop(conn, None)
-
-    def _close_connections(self) -> None:
-        # Keep-alive connections outlive the listener; end them so a stopped
-        # server really is unreachable and no handler thread is left behind.
-        with self._lock:
-            open_now = list(self._open.items())
-        for conn, _ in open_now:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for _, thread in open_now:
-            if thread is not threading.current_thread():
-                thread.join(_JOIN_TIMEOUT_S)
 
 
 # Helpers -------------------------------------------------------------------------
@@ -1675,86 +1598,27 @@ def _literal(token: str) -> Any:
         return _BAD
 
 
-# HTTP ------------------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A peer that vanished (killed client, stop()) is routine here, not an error.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-def _handler(sandbox: SalesforceSandbox) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sandbox._opened(self.connection)
-
-        def finish(self) -> None:
-            sandbox._closed(self.connection)
-            super().finish()
-
-        def _serve(self) -> None:
-            length = self.headers.get("content-length", "0")
-            if not length.isdigit():
-                self._reply(411, {"content-type": "text/plain"}, b"content-length required")
-                return
-            raw = self.rfile.read(int(length)) if int(length) else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, extra, body = sandbox._handle(self.command, self.path, headers, raw)
-            self._reply(status, extra, body)
-
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-        def _reply(self, status: int, extra: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            if status != 204:
-                self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            if status != 204:
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per event goes to ``log`` instead
-
-    return Handler
-
-
 def serve(port: int, client_id: str = "tidegate-sandbox-client",
           client_secret: str = "tidegate-sandbox-secret", *,
           consumer_key: str | None = None, public_key: str | None = None,
           daily_limit: int = 100_000, polls_to_complete: int = 2,
           hard_delete_allowed: bool = False) -> None:
     """Run a sandbox org on 127.0.0.1 in the foreground, printing one line per event."""
-    try:
-        sandbox = SalesforceSandbox(
+    def make() -> SalesforceSandbox:
+        return SalesforceSandbox(
             port=port, client_id=client_id, client_secret=client_secret,
             consumer_key=consumer_key, public_key=public_key, daily_limit=daily_limit,
             polls_to_complete=polls_to_complete, hard_delete_allowed=hard_delete_allowed,
             log=lambda line: print(line, flush=True))
-    except OSError as exc:
-        raise ConfigError(Problem(f"cannot listen on 127.0.0.1:{port} ({exc.strerror})",
-                                  key="--port", fix="pick a free port")) from None
-    with sandbox:
-        print(f"salesforce sandbox listening on {sandbox.url}\n"
-              f"  token endpoint: {sandbox.token_url}\n"
-              f"  client_id:      {client_id}\n"
-              f"  client_secret:  {client_secret}\n"
-              f"  api version:    v{API_VERSION}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopped", flush=True)
+
+    def banner(sandbox: SalesforceSandbox) -> str:
+        return (f"salesforce sandbox listening on {sandbox.url}\n"
+                f"  token endpoint: {sandbox.token_url}\n"
+                f"  client_id:      {client_id}\n"
+                f"  client_secret:  {client_secret}\n"
+                f"  api version:    v{API_VERSION}")
+
+    serve_forever(make, port, banner)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1776,13 +1640,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.public_key_file:
         with open(args.public_key_file, encoding="utf-8") as handle:
             public_key = handle.read()
-    try:
-        serve(args.port, args.client_id, args.client_secret, consumer_key=args.consumer_key,
-              public_key=public_key, daily_limit=args.daily_limit,
-              polls_to_complete=args.polls, hard_delete_allowed=args.hard_delete_allowed)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+    exit_on_config_error(lambda: serve(
+        args.port, args.client_id, args.client_secret, consumer_key=args.consumer_key,
+        public_key=public_key, daily_limit=args.daily_limit, polls_to_complete=args.polls,
+        hard_delete_allowed=args.hard_delete_allowed))
 
 
 if __name__ == "__main__":

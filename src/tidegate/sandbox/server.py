@@ -1,10 +1,13 @@
 """The plumbing every local vendor server shares: a threaded HTTP/1.1 server on loopback.
 
 A subclass implements ``handle(method, target, headers, body)`` and returns
-``(status, headers, body)``; this base owns binding, starting and stopping,
-keep-alive connections (closed on stop, so a stopped server really is
-unreachable and leaves no handler thread behind) and a foreground ``serve``
-loop for ``tidegate sandbox …``.
+``(status, headers, body)``; a status of ``None`` closes the connection
+unanswered, as a server (or the network) that dies mid-request would. This
+base owns binding, starting and stopping (``down`` / ``up`` keep what the
+server holds), keep-alive connections (closed on stop, so a stopped server
+really is unreachable and leaves no handler thread behind), the HTTP methods a
+server answers (others get 501), the ``on_request`` hook tests hold or fault a
+request in, and the foreground ``serve_forever`` loop for ``tidegate sandbox …``.
 """
 
 from __future__ import annotations
@@ -16,23 +19,34 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar, Self, TypeVar
 
 from tidegate.errors import ConfigError, Problem
 
-Reply = tuple[int, dict[str, str], bytes]
+Reply = tuple[int | None, dict[str, str], bytes]  # status None: close without answering
+# Called with (method, path) on the server's thread before a request is handled:
+# a test blocks there to hold the request, or turns a fault knob for it.
+RequestHook = Callable[[str, str], None]
+LENGTH_REQUIRED: Reply = (411, {"content-type": "text/plain"}, b"content-length required")
 _JOIN_TIMEOUT_S = 5.0
 _POLL_S = 0.05  # how fast stop() is noticed; the default 0.5 s slows every test
+S = TypeVar("S", bound="LocalServer")
 
 
 class LocalServer:
-    """A server on ``host:port`` (0: any free port); a context manager."""
+    """A server on ``host:port`` (0: any free port); a context manager.
+
+    ``on_request`` is called through ``observe``, which a subclass calls where
+    its handling of a request begins, with the path its documentation names.
+    """
 
     name = "local"
+    methods: ClassVar[tuple[str, ...]] = ("GET", "POST", "PATCH", "PUT", "DELETE")
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
                  log: Callable[[str], None] | None = None) -> None:
         self.log = log
+        self.on_request: RequestHook | None = None
         self._host = host
         self._open: dict[socket.socket, threading.Thread] = {}
         self._open_lock = threading.Lock()
@@ -47,7 +61,7 @@ class LocalServer:
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
         raise NotImplementedError
 
-    def start(self) -> LocalServer:
+    def start(self) -> Self:
         if self._server is None:
             self._server = self._bind(self._port)
         if self._thread is None:
@@ -75,7 +89,15 @@ class LocalServer:
             if worker is not threading.current_thread():
                 worker.join(_JOIN_TIMEOUT_S)
 
-    def __enter__(self) -> LocalServer:
+    def down(self) -> None:
+        """Stop listening, keeping what the server holds: clients get connection refused."""
+        self.stop()
+
+    def up(self) -> None:
+        """Listen again on the same port after ``down()``."""
+        self.start()
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -84,6 +106,12 @@ class LocalServer:
     def say(self, line: str) -> None:
         if self.log is not None:
             self.log(line)
+
+    def observe(self, method: str, path: str) -> None:
+        """Let ``on_request`` see a request first; it may block, or turn a fault knob."""
+        hook = self.on_request
+        if hook is not None:
+            hook(method, path)
 
     def _bind(self, port: int) -> _Server:
         return _Server((self._host, port), _handler(self))
@@ -97,8 +125,7 @@ class LocalServer:
             self._open.pop(conn, None)
 
 
-def serve_forever(make: Callable[[], LocalServer], port: int, banner: Callable[[Any], str]
-                  ) -> None:
+def serve_forever(make: Callable[[], S], port: int, banner: Callable[[S], str]) -> None:
     """Run a server in the foreground until Ctrl-C, printing ``banner`` first."""
     try:
         server = make()
@@ -112,6 +139,18 @@ def serve_forever(make: Callable[[], LocalServer], port: int, banner: Callable[[
                 time.sleep(3600)
         except KeyboardInterrupt:
             print("stopped", flush=True)
+
+
+def exit_on_config_error(run: Callable[[], None]) -> None:
+    """Call ``run``; a ConfigError is printed to stderr and exits with its code.
+
+    For ``python -m tidegate.sandbox.…``; ``tidegate sandbox …`` reports it itself.
+    """
+    try:
+        run()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
 
 
 class _Server(ThreadingHTTPServer):
@@ -142,16 +181,16 @@ def _handler(owner: LocalServer) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = self.headers.get("content-length", "0")
             if not length.isdigit():
-                self._reply(411, {"content-type": "text/plain"}, b"content-length required")
+                self._reply(*LENGTH_REQUIRED)
                 return
             raw = self.rfile.read(int(length)) if int(length) else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, extra, body = owner.handle(self.command, self.path, headers, raw)
-            self._reply(status, extra, body)
+            self._reply(*owner.handle(self.command, self.path, headers, raw))
 
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-        def _reply(self, status: int, extra: dict[str, str], body: bytes) -> None:
+        def _reply(self, status: int | None, extra: dict[str, str], body: bytes) -> None:
+            if status is None:
+                self.close_connection = True
+                return
             self.send_response(status)
             for name, value in extra.items():
                 self.send_header(name, value)
@@ -164,4 +203,6 @@ def _handler(owner: LocalServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass  # servers log one line per event through ``say`` instead
 
+    for method in owner.methods:  # a method not listed gets BaseHTTPRequestHandler's 501
+        setattr(Handler, f"do_{method}", Handler._serve)
     return Handler

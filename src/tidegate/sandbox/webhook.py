@@ -10,7 +10,9 @@ Its fault knobs reproduce what real receivers do and can be turned while it
 runs: ``fail_next`` (transient statuses with ``Retry-After``), ``drop_next``
 (connection closed unanswered), ``reject_keys`` (per-record rejections),
 ``delay``, ``before_apply`` / ``after_apply`` hooks (block a request, or drop it
-before or after it was applied), and ``down`` / ``up`` (connection refused).
+before or after it was applied), and ``down`` / ``up`` (connection refused);
+those two and ``on_request`` (sees each batch request first) come with the HTTP
+plumbing every local server shares, ``tidegate.sandbox.server``.
 
 The signature check is written here independently of the destination's
 signing code on purpose: each is a check on the other.
@@ -20,31 +22,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from tidegate.errors import ConfigError, Problem
+from tidegate.sandbox.server import LENGTH_REQUIRED, LocalServer, Reply, serve_forever
 
 TOLERANCE_S = 300
 OPERATIONS = frozenset({"insert", "update", "upsert", "delete"})
 PATH = "/hooks/tidegate"
-_JOIN_TIMEOUT_S = 5.0
-_POLL_S = 0.05  # how fast stop() is noticed; the default 0.5 s slows every test
 
 # Called with the parsed body; returning False drops the request unanswered, as a
 # receiver (or the network) that dies mid-request would. It may block to hold it.
 Hook = Callable[[dict[str, Any]], bool | None]
-Reply = tuple[int | None, dict[str, str], bytes]  # status None: close without answering
 
 
 def canonical(value: Any) -> str:
@@ -78,13 +75,16 @@ class _BadRequest(Exception):
         self.status = status
 
 
-class WebhookReceiver:
+class WebhookReceiver(LocalServer):
     """An in-memory, thread-safe receiver on ``host:port``; use as a context manager.
 
     ``per_record_results=False`` answers ``{}`` when every record is accepted
     and lists ``results`` only when some record is rejected. ``log`` receives
     one human-readable line per request.
     """
+
+    name = "webhook"
+    methods = ("GET", "POST")
 
     def __init__(
         self,
@@ -101,7 +101,6 @@ class WebhookReceiver:
         self.per_record_results = per_record_results
         self.before_apply = before_apply
         self.after_apply = after_apply
-        self.log = log
         self.delay = 0.0
         self.batches: list[dict[str, Any]] = []
         self.request_count = 0
@@ -112,54 +111,11 @@ class WebhookReceiver:
         self._in_flight: set[str] = set()
         self._failures: list[_Failure] = []
         self._rejections: dict[str, str] = {}
-        self._open: dict[socket.socket, threading.Thread] = {}
-        self._host = host
-        self._server: _Server | None = self._bind(port)
-        self._port: int = self._server.server_address[1]
-        self._thread: threading.Thread | None = None
-
-    # Lifecycle -----------------------------------------------------------------
+        super().__init__(host, port, log)
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self._port}{PATH}"
-
-    def start(self) -> WebhookReceiver:
-        if self._server is None:
-            self._server = self._bind(self._port)
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(_POLL_S,), daemon=True,
-                name="tidegate-webhook-receiver",
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening, close open connections and wait for their threads."""
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is None:
-            return
-        if thread is not None:
-            server.shutdown()
-            thread.join()
-        server.server_close()
-        self._close_connections()
-
-    def down(self) -> None:
-        """Stop listening, keeping the records: senders get connection refused."""
-        self.stop()
-
-    def up(self) -> None:
-        """Listen again on the same port after ``down()``."""
-        self.start()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"{super().url}{PATH}"
 
     # Fault knobs ---------------------------------------------------------------
 
@@ -188,20 +144,25 @@ class WebhookReceiver:
 
     # Handling ------------------------------------------------------------------
 
-    def _handle(self, headers: dict[str, str], raw: bytes) -> Reply:
+    def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply:
+        if method == "GET":  # a reachability check, never taken for a batch
+            return 200, {"content-type": "text/plain"}, b"tidegate webhook sandbox\n"
+        if "content-length" not in headers:
+            return LENGTH_REQUIRED
+        self.observe(method, urlsplit(target).path)
         with self._lock:
             self.request_count += 1
             failure = self._failures.pop(0) if self._failures else None
         if self.delay:
             time.sleep(self.delay)
         if failure is not None:
-            self._say(f"injected failure: {failure.status or 'dropped connection'}")
+            self.say(f"injected failure: {failure.status or 'dropped connection'}")
             return _failure_reply(failure)
         try:
             self._verify(headers, raw)
             body = _parse(raw)
         except _BadRequest as exc:
-            self._say(f"refused a request: HTTP {exc.status} {exc}")
+            self.say(f"refused a request: HTTP {exc.status} {exc}")
             return exc.status, {"content-type": "text/plain"}, str(exc).encode()
         return self._deliver(headers.get("webhook-id", ""), body)
 
@@ -213,7 +174,7 @@ class WebhookReceiver:
                 self._idle.wait()
             if msg_id in self._answers:
                 status, answer = self._answers[msg_id]
-                self._say(f"batch {msg_id}: duplicate webhook-id, answered again")
+                self.say(f"batch {msg_id}: duplicate webhook-id, answered again")
                 return status, _JSON, answer
             if msg_id:
                 self._in_flight.add(msg_id)
@@ -238,7 +199,7 @@ class WebhookReceiver:
             self.batches.append(meta)
             if msg_id:
                 self._answers[msg_id] = (200, answer)
-        self._say(_describe(meta))
+        self.say(_describe(meta))
         if self.after_apply is not None and self.after_apply(body) is False:
             return None, {}, b""
         return 200, _JSON, answer
@@ -277,35 +238,6 @@ class WebhookReceiver:
                     table[key] = dict(record["fields"])
                 results.append({"key": record["key"], "status": "ok"})
         return results
-
-    # Plumbing ------------------------------------------------------------------
-
-    def _say(self, line: str) -> None:
-        if self.log is not None:
-            self.log(line)
-
-    def _bind(self, port: int) -> _Server:
-        return _Server((self._host, port), _handler(self))
-
-    def _opened(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._open[conn] = threading.current_thread()
-
-    def _closed(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._open.pop(conn, None)
-
-    def _close_connections(self) -> None:
-        # Keep-alive connections outlive the listener; end them so a stopped
-        # receiver really is unreachable and no handler thread is left behind.
-        with self._lock:
-            open_now = list(self._open.items())
-        for conn, _ in open_now:
-            with contextlib.suppress(OSError):  # the peer may have closed it already
-                conn.shutdown(socket.SHUT_RDWR)
-        for _, thread in open_now:
-            if thread is not threading.current_thread():
-                thread.join(_JOIN_TIMEOUT_S)
 
 
 _JSON = {"content-type": "application/json"}
@@ -356,78 +288,18 @@ def _describe(meta: dict[str, Any]) -> str:
             f"record(s) of {meta['object']}{rejected} (batch {meta['id']})")
 
 
-class _Server(ThreadingHTTPServer):
-    # Handler threads are daemons so a forgotten receiver never blocks exit;
-    # stop() ends and joins them explicitly instead.
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A peer that vanished (killed sender, stop()) is routine here, not an error.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the destination's pool expects
-
-        def setup(self) -> None:
-            super().setup()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            receiver._opened(self.connection)
-
-        def finish(self) -> None:
-            receiver._closed(self.connection)
-            super().finish()
-
-        def do_POST(self) -> None:
-            length = self.headers.get("content-length")
-            if length is None or not length.isdigit():
-                self._reply(411, {"content-type": "text/plain"}, b"content-length required")
-                return
-            raw = self.rfile.read(int(length))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, extra, answer = receiver._handle(headers, raw)
-            if status is None:
-                self.close_connection = True
-                return
-            self._reply(status, extra, answer)
-
-        def do_GET(self) -> None:
-            self._reply(200, {"content-type": "text/plain"}, b"tidegate webhook sandbox\n")
-
-        def _reply(self, status: int, extra: dict[str, str], answer: bytes) -> None:
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per batch goes to ``log`` instead
-
-    return Handler
-
-
 def serve(port: int, secret: str | None) -> None:
     """Run a receiver on 127.0.0.1 in the foreground, printing one line per request."""
-    try:
-        receiver = WebhookReceiver(secret=secret or None, port=port,
-                                   log=lambda line: print(line, flush=True))
-    except ValueError as exc:
-        raise ConfigError(Problem(str(exc), key="--secret",
-                                  fix="pass the destination's whsec_… secret")) from None
-    except OSError as exc:
-        raise ConfigError(Problem(f"cannot listen on 127.0.0.1:{port} ({exc.strerror})",
-                                  key="--port", fix="pick a free port")) from None
-    with receiver:
-        print(f"webhook sandbox listening on {receiver.url}"
-              + (" (verifying signatures)" if secret else " (not verifying signatures)"),
-              flush=True)
+    def make() -> WebhookReceiver:
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopped", flush=True)
+            return WebhookReceiver(secret=secret or None, port=port,
+                                   log=lambda line: print(line, flush=True))
+        except ValueError as exc:
+            raise ConfigError(Problem(str(exc), key="--secret",
+                                      fix="pass the destination's whsec_… secret")) from None
+
+    def banner(receiver: WebhookReceiver) -> str:
+        return (f"webhook sandbox listening on {receiver.url}"
+                + (" (verifying signatures)" if secret else " (not verifying signatures)"))
+
+    serve_forever(make, port, banner)
