@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Layers of one .venv: tidegate itself (the demo), the extras the examples' local
+# servers need, and everything the tests, the linters and the benchmarks need.
+BASE := $(VENV)/.installed
+EXAMPLES := $(VENV)/.installed-examples
 STAMP := $(VENV)/.installed-dev
 # dbt for the tests lives in its own venv: it pins many libraries, which must not move ours.
 DBT_VENV ?= .venv-dbt
@@ -9,14 +13,22 @@ DBT_STAMP := $(DBT_VENV)/.installed
 
 .PHONY: demo test bench lint clean example
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
+	touch $(BASE)
+
+$(EXAMPLES): $(BASE)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[sandbox,salesforce]'
+	touch $(EXAMPLES)
+
+$(STAMP): $(BASE)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	# The Airflow provider's tests run real Airflow: its own extras, never a plain install's;
 	# and the Census and Hightouch providers, unmodified, against `tidegate serve`.
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[airflow,openlineage]' \
 		'airflow-provider-census>=2.1' 'airflow-provider-hightouch>=5.0'
-	$(PY) -m compileall -q src  # an editable install leaves the source uncompiled
 	touch $(STAMP)
 
 $(DBT_STAMP): tests/dbt/requirements.txt
@@ -24,11 +36,11 @@ $(DBT_STAMP): tests/dbt/requirements.txt
 	$(DBT_VENV)/bin/pip install -q --disable-pip-version-check -r tests/dbt/requirements.txt
 	touch $(DBT_STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/tidegate demo --dir .tidegate-demo
 
 # make example NAME=reengagement_list | product_usage_to_hubspot (see examples/*/README.md)
-example: $(STAMP)
+example: $(EXAMPLES)
 	@test -n "$(NAME)" || { echo "usage: make example NAME=<a folder of examples/>"; exit 2; }
 	$(PY) examples/$(NAME)/run.py
 

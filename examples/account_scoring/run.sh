@@ -10,7 +10,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-make -s -C "$root" .venv/.installed-dev
+make -s -C "$root" .venv/.installed-examples
 py="$root/.venv/bin/python"
 tidegate="$root/.venv/bin/tidegate"
 
