@@ -547,17 +547,21 @@ class WarehouseDiff:
         for t in (g, w):
             self.wh.drop_temp(t)
         # Grouped by the key's own columns (a number groups faster than its JSON text);
-        # the JSON text is made once per key, after grouping.
-        key_cols = ", ".join(self.wh.quote(by_name[k].name) for k in keys)
+        # the JSON text is made once per key, after grouping. The key's columns travel
+        # on, so the rows to send are found by them, not by each row's JSON text.
+        quoted = [self.wh.quote(by_name[k].name) for k in keys]
+        raw = [self.wh.quote(f"tg_k{i}") for i in range(len(keys))]
+        key_cols = ", ".join(quoted)
         self.wh.create_temp(g, (
-            f"select case when {null_key} then null else {key_sql} end as k, h, n "
+            f"select {', '.join(f'{c} as {r}' for c, r in zip(quoted, raw, strict=True))}, "
+            f"case when {null_key} then null else {key_sql} end as k, h, n "
             f"from (select {key_cols}, min({hash_sql}) as h, count(*) as n from {model} "
             f"group by {key_cols}) q"))
         differs = "1 = 1" if full else "g.h <> s.hash"
         self.wh.create_temp(w, (
             "select coalesce(g.k, s.key) as key, s.hash as old, "
             "case when g.k is null then 'removed' when s.key is null then 'added' "
-            "else 'changed' end as cat "
+            f"else 'changed' end as cat, g.n as n, {', '.join(f'g.{r}' for r in raw)} "
             f"from (select * from {g} where k is not null) g "
             f"full outer join {self.table} s on g.k = s.key "
             f"where g.k is null or s.key is null or g.n > 1 or {differs}"))
@@ -566,11 +570,16 @@ class WarehouseDiff:
             f"coalesce(sum(case when k is null then n else 0 end), 0), "
             f"coalesce(sum(case when k is not null and n > 1 then n else 0 end), 0) from {g}")[0]
         cats = dict(self.wh.execute(f"select cat, count(*) from {w} group by cat"))
-        unchanged_here = int(valid) - _unique_in(self.wh, g, w)
+        # Valid (single-row) keys that are added or changed: the other valid ones are unchanged.
+        sent_here = int(self.wh.execute(
+            f"select count(*) from {w} where cat <> 'removed' and n = 1")[0][0])
+        unchanged_here = int(valid) - sent_here
         self.pulled = Pulled()
+        same_key = " and ".join(f"d.{r} = q.{c}" for r, c in zip(raw, quoted, strict=True))
         rows = self._pull(
             f"select q.*, {hash_sql} as {HASH_COLUMN} from {model} "
-            f"where {null_key} or {key_sql} in (select key from {w} where cat <> 'removed')")
+            f"where {null_key} or exists (select 1 from {w} d "
+            f"where d.cat <> 'removed' and {same_key})")
         known = self._pull(f"select key, old as hash from {w} where old is not null")
         known = known.cast(pa.schema([("key", pa.string()), ("hash", pa.int64())]))
         log.info("planned %s in the warehouse: %s, %s null-key and %s duplicate-key rows; "
@@ -626,13 +635,6 @@ class WarehouseDiff:
         except Exception as exc:  # only tidying: temporary tables go with the session
             log.debug("could not drop temporary tables: %s", redact(str(exc)))
         self.wh.close()
-
-
-def _unique_in(wh: Warehouse, g: str, w: str) -> int:
-    """Valid (single-row) keys that are added or changed: the rest of them are unchanged."""
-    return int(wh.execute(
-        f"select count(*) from {w} d join {g} m on m.k = d.key "
-        "where d.cat <> 'removed' and m.n = 1")[0][0])
 
 
 def _tidegate(wh: Warehouse, name: str) -> str:
