@@ -57,7 +57,7 @@ def render(scales: list[dict[str, Any]], versus: dict[str, Any],
         "after that run, 1 % of the scores change and the sync is planned again (best of 3).",
         "*Floor*: DuckDB alone hashing both versions of the table and diffing them with a",
         "full outer join (best of 3) — the least any planner can do. Peak RSS is the whole",
-        "process's (`ru_maxrss`). The planner's DuckDB memory limit is the default, 256 MB",
+        "process's (`VmHWM`). The planner's DuckDB memory limit is the default, 256 MB",
         "(`TIDEGATE_MEMORY_LIMIT`).",
         "",
         "| rows | first plan | 1 % plan | floor | 1 % plan ÷ floor | peak RSS, first plan "

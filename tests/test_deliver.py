@@ -148,3 +148,38 @@ def test_the_first_fatal_error_stops_new_batches_but_settles_those_in_flight() -
             (outgoing(f'"k{i}"') for i in range(50)),
             lambda settled: seen.extend("x" for _ in settled))
     assert dest.calls < 50
+
+
+def big_outgoing(n: int, rows: int) -> Outgoing:
+    keys = [f'"b{n}-{i}"' for i in range(rows)]
+    batch = Batch(id=f"b{n}", operation="upsert", key_text=pa.array(keys),
+                  table=pa.table({"id": keys}), fields=pa.array(["{}"] * rows))
+    meta = pa.table({"__key": keys, "__hash": [1] * rows, "__cat": ["added"] * rows,
+                     "__fields": ["{}"] * rows})
+    return Outgoing(batch=batch, meta=meta)
+
+
+def test_a_slow_commit_takes_what_settled_meanwhile_within_a_bound() -> None:
+    """While one commit writes, acknowledged batches wait for the next one — all of them in
+    one call. Past the bound no new batch is cut, so a commit never holds more than the
+    bound plus the batches that were in flight: memory stays bounded however slow commits
+    are."""
+    from tidegate.deliver import _WAITING_ROWS
+
+    rows = _WAITING_ROWS // 4
+    dest = Scripted([])
+    calls: list[int] = []
+
+    def batches() -> object:
+        for n in range(40):
+            yield big_outgoing(n, rows)
+
+    def commit(settled: list[tuple[Outgoing, BatchResult]]) -> None:
+        calls.append(sum(len(out.batch) for out, _ in settled))
+        time.sleep(0.05)  # a commit far slower than the sends
+
+    Deliverer(dest, concurrency=4, rate=None).run(batches(), commit)  # type: ignore[arg-type]
+    assert sum(calls) == 40 * rows
+    assert max(calls) > rows  # batches acknowledged meanwhile share a commit
+    assert max(calls) <= _WAITING_ROWS + (4 + 1) * rows  # in flight: concurrency + 1
+    assert len(calls) < 40

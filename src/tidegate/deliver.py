@@ -24,6 +24,7 @@ from tidegate.plan import Outgoing
 from tidegate.redact import redact
 
 Sleep = Callable[[float], None]
+_WAITING_ROWS = 20_000  # records acknowledged and not yet committed, at most (about)
 
 
 class TokenBucket:
@@ -109,8 +110,9 @@ class Deliverer:
         """
         failure: BaseException | None = None
         ahead = self.concurrency + 1
-        # Settled batches wait in memory for their commit; past this many, no new
-        # batch is cut until the commit in flight is done.
+        # Settled batches wait in memory for their commit; past this many (or this
+        # many records, for large batches), no new batch is cut until the commit in
+        # flight is done.
         most_waiting = 8 * ahead
         with ThreadPoolExecutor(1, thread_name_prefix="tidegate-commit") as committer, \
                 ThreadPoolExecutor(self.concurrency, thread_name_prefix="tidegate-send") as pool:
@@ -119,9 +121,10 @@ class Deliverer:
             commit: Future[None] | None = None
             source: Iterator[Outgoing] = iter(batches)
             exhausted = False
+            waiting_rows = 0
             while True:
                 while (not exhausted and failure is None and len(pending) < ahead
-                       and len(settled) < most_waiting):
+                       and len(settled) < most_waiting and waiting_rows < _WAITING_ROWS):
                     out = next(source, None)
                     if out is None:
                         exhausted = True
@@ -129,7 +132,7 @@ class Deliverer:
                     pending[pool.submit(self._send, out)] = out
                 if commit is None and settled:
                     commit = committer.submit(on_results, settled)
-                    settled = []
+                    settled, waiting_rows = [], 0
                 if not pending and commit is None:
                     break
                 waiting: list[Future[Any]] = [*pending, *([commit] if commit else [])]
@@ -146,6 +149,7 @@ class Deliverer:
                     out = pending.pop(future)
                     try:
                         settled.append((out, future.result()))
+                        waiting_rows += len(out.batch)
                     except BaseException as exc:
                         failure = failure or exc
                         self.stop.set()
