@@ -13,8 +13,14 @@ from typing import Any
 
 import pytest
 
+from tidegate.destinations.hubspot.properties import MAX_TEXT
 from tidegate.sandbox.hubspot import HubSpotSandbox, ObjectType, Property
-from tidegate.testing.conformance import ConformanceKit, RejectionScenarios, TransientScenarios
+from tidegate.testing.conformance import (
+    ConformanceKit,
+    InvalidValueScenarios,
+    RejectionScenarios,
+    TransientScenarios,
+)
 
 TOKEN = "pat-na1-kit"
 KEY = "item_key"
@@ -62,8 +68,12 @@ class HubSpotUnderTest:
     def fail_next(self, n: int) -> None:
         self.portal.fail_next(n, 502)
 
+    def unholdable(self) -> tuple[str, Any, str]:
+        return "name", "x" * (MAX_TEXT + 1), f"name is longer than {MAX_TEXT:,} characters"
 
-class TestHubSpotConformance(ConformanceKit, RejectionScenarios, TransientScenarios):
+
+class TestHubSpotConformance(ConformanceKit, RejectionScenarios, TransientScenarios,
+                             InvalidValueScenarios):
     @pytest.fixture
     def target(self) -> Iterator[HubSpotUnderTest]:
         with HubSpotSandbox(token=TOKEN, burst=100_000, check_responses=True) as portal:

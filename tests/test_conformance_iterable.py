@@ -2,6 +2,14 @@
 
 The kit's rows are list members identified by userId, their mapped fields the
 users' dataFields; mirror keeps the list equal to the model (SPEC §3).
+
+The kit's ``InvalidValueScenarios`` is not taken: its model (integer ids as
+userIds, then text, an integer and a boolean) holds nothing an Iterable project
+is certain to refuse — the project fixes each field's type by the kit's own
+first values, and Iterable limits no text or number a field of those types
+takes. tests/test_iterable.py shows the rows Iterable would refuse (a blank
+userId, text that cannot be an email, NaN, a value a field's type cannot take)
+invalid in the plan, never sent, not retried, and sent once fixed.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tidegate.sandbox.salesforce import Field, SalesforceSandbox, SObject
-from tidegate.testing.conformance import ConformanceKit, TransientScenarios
+from tidegate.testing.conformance import ConformanceKit, InvalidValueScenarios, TransientScenarios
 
 KEY = "Item_Key__c"
 
@@ -51,15 +51,19 @@ class SalesforceUnderTest:
     def fail_next(self, n: int) -> None:
         self.org.fail_next(n, 503)
 
+    def unholdable(self) -> tuple[str, Any, str]:
+        return "name", "x" * 256, "name is longer than 255 characters"
 
-class TestSalesforceConformance(ConformanceKit, TransientScenarios):
+
+class TestSalesforceConformance(ConformanceKit, TransientScenarios, InvalidValueScenarios):
     @pytest.fixture
     def target(self) -> Iterator[SalesforceUnderTest]:
         with SalesforceSandbox(client_id="kit", client_secret="kit-secret") as org:
             yield SalesforceUnderTest(org)
 
 
-class TestSalesforceBulkConformance(ConformanceKit, TransientScenarios):
+class TestSalesforceBulkConformance(ConformanceKit, TransientScenarios,
+                                    InvalidValueScenarios):
     @pytest.fixture
     def target(self) -> Iterator[SalesforceUnderTest]:
         with SalesforceSandbox(client_id="kit", client_secret="kit-secret") as org:

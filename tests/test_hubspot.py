@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,41 +96,158 @@ def test_values_are_sent_in_hubspots_string_forms_at_most_100_inputs_a_request(
     assert acct["features_used"] == "reports;api"
 
 
-def test_values_a_property_cannot_hold_reject_their_rows_and_are_never_sent(
+BAD_VALUES = """
+    create or replace table usage as select * from (values
+      ('ok', 1.5, '2026-02-01', 'starter', ['api']),
+      ('nan', 'nan'::double, '2026-02-01', 'starter', ['api']),
+      ('tier', 2.0, '2026-02-01', 'gold', ['api']),
+      ('feature', 3.0, '2026-02-01', 'starter', ['api', 'teleport']),
+      ('day', 4.0, '2026-02-30', 'starter', ['api']),
+      ('', 5.0, '2026-02-01', 'starter', ['api']),
+      ('cleared', 6.0, '', '', [])
+    ) t(account_id, weekly_active_users, last_active_date, plan_tier, features)
+"""
+BAD_FIELDS = {"weekly_active_users": "weekly_active_users", "last_active_date": "last_active_date",
+              "plan_tier": "plan_tier", "features": "features_used"}
+
+
+def test_values_a_property_cannot_hold_are_invalid_in_the_plan_and_never_sent(
         project_dir: Path, portal: HubSpotSandbox) -> None:
-    sql = """
-        create or replace table usage as select * from (values
-          ('ok', 1.5, date '2026-02-01', 'starter', ['api']),
-          ('nan', 'nan'::double, date '2026-02-01', 'starter', ['api']),
-          ('tier', 2.0, date '2026-02-01', 'gold', ['api']),
-          ('feature', 3.0, date '2026-02-01', 'starter', ['api', 'teleport'])
-        ) t(account_id, weekly_active_users, last_active_date, plan_tier, features)
-    """
-    setup(project_dir, portal, sql=sql, fields={
-        "weekly_active_users": "weekly_active_users", "last_active_date": "last_active_date",
-        "plan_tier": "plan_tier", "features": "features_used"})
+    setup(project_dir, portal, sql=BAD_VALUES, fields=BAD_FIELDS)
+    planned = cli("plan", "usage", "--json", "--project", str(project_dir), env=ENV)
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["planned"]["invalid"] == 5 and plan["planned"]["added"] == 2
+    assert plan["invalid_reasons"] == {
+        "weekly_active_users is a number property: the value is not a finite number": 1,
+        "plan_tier takes only its options (starter, enterprise)": 1,
+        "features_used takes only its options (reports, api, sso)": 1,
+        "last_active_date is a date property: HubSpot takes midnight UTC, and this value has a "
+        "time of day or is not a date that exists (cast it to a date in the model)": 1,
+        "the match property tidegate_account_id is empty": 1}
+    assert {s["key"] for s in plan["samples"]["invalid"]} == {"", "day", "feature", "nan",
+                                                              "tier"}
+    assert portal.writes("batch/upsert") == []  # a plan sends nothing
+    shown = cli("plan", "usage", "--project", str(project_dir), env={**ENV, "COLUMNS": "200"})
+    assert "1 invalid row(s): plan_tier takes only its options (starter, enterprise)" in \
+        shown.stdout
+
     summary = run(project_dir)
-    assert summary["status"] == "partial" and summary["rejected"] == 3
-    with Project.load(project_dir, env=ENV) as p:
-        reasons = {r["key"]: r["error"] for r in p.show(summary["run_id"])["rows"]}
-    assert "not a finite number" in reasons["nan"]
-    assert "plan_tier takes only its options (starter, enterprise)" in reasons["tier"]
-    assert "features_used takes only its options" in reasons["feature"]
-    assert set(companies(portal)) == {"ok"}
+    assert summary["status"] == "partial" and summary["rejected"] == 0, summary
+    assert summary["planned"]["invalid"] == 5 and summary["delivered"]["created"] == 2
+    assert portal.writes("batch/upsert") == [2]  # the five were never sent
+    assert set(companies(portal)) == {"ok", "cleared"}
     assert companies(portal)["ok"]["weekly_active_users"] == "1.5"
-    assert portal.writes("batch/upsert") == [1]  # the three were never sent
+    # Empty text clears a property of any type, as a null does: it is not invalid.
+    assert companies(portal)["cleared"]["last_active_date"] == ""
+    assert companies(portal)["cleared"]["plan_tier"] == ""
+    with Project.load(project_dir, env=ENV) as p:
+        rows = {r["key"]: r for r in p.show(summary["run_id"])["rows"]}
+    assert rows["tier"]["kind"] == "invalid" and "starter, enterprise" in rows["tier"]["error"]
+    assert "not a date that exists" in rows["day"]["error"]
+
+    again = run(project_dir)  # the model still holds them: still invalid, not retried
+    assert again["planned"]["invalid"] == 5 and again["planned"]["added"] == 0
+    assert again["rejected"] == 0 and portal.writes("batch/upsert") == [2]
+
+    with duckdb.connect(str(project_dir / "warehouse.duckdb")) as con:
+        con.execute("update usage set weekly_active_users = 7 where account_id = 'nan'")
+        con.execute("update usage set plan_tier = 'enterprise' where account_id = 'tier'")
+        con.execute("update usage set features = ['api', 'sso'] where account_id = 'feature'")
+        con.execute("update usage set last_active_date = '2026-02-28' where account_id = 'day'")
+        con.execute("update usage set plan_tier = 'gold' where account_id = 'ok'")
+    fixed = run(project_dir)
+    assert fixed["delivered"]["created"] == 4 and fixed["rejected"] == 0
+    assert fixed["planned"]["invalid"] == 2  # the empty key, and 'ok' now holds 'gold'
+    assert fixed["planned"]["changed"] == 0
+    assert portal.writes("batch/upsert") == [2, 4]
+    held = companies(portal)
+    assert held["tier"]["plan_tier"] == "enterprise" and held["nan"]["weekly_active_users"] == "7"
+    assert held["day"]["last_active_date"] == "1772236800000"  # 2026-02-28
+    assert held["ok"]["plan_tier"] == "starter"  # its last good value stays in HubSpot
 
 
-def test_a_date_with_a_time_of_day_is_refused_before_sending(project_dir: Path,
-                                                             portal: HubSpotSandbox) -> None:
+def test_a_date_with_a_time_of_day_is_invalid_in_the_plan(project_dir: Path,
+                                                          portal: HubSpotSandbox) -> None:
     sql = """create or replace table usage as select * from (values
                ('a', timestamp '2026-03-01 00:00:00'), ('b', timestamp '2026-03-01 13:05:00')
              ) t(account_id, last_active_date)"""
     setup(project_dir, portal, sql=sql, fields={"last_active_date": "last_active_date"})
     summary = run(project_dir)
-    assert summary["rejected"] == 1
+    assert summary["planned"]["invalid"] == 1 and summary["rejected"] == 0
     assert companies(portal)["a"]["last_active_date"] == "1772323200000"
     assert "b" not in companies(portal)
+
+
+def test_text_is_checked_against_checkbox_and_datetime_properties(
+        project_dir: Path, portal: HubSpotSandbox) -> None:
+    sql = """create or replace table usage as select * from (values
+               ('iso', 'TRUE', '2026-01-01T10:00:00Z'), ('spaced', 'false', '2026-01-01 10:00'),
+               ('offset', 'true', '2026-01-01T10:00:00.250+02:00'), ('millis', '', '1767261600000'),
+               ('yes', 'yes', '2026-01-01T10:00:00Z'), ('hour', 'true', '2026-01-01T25:00:00Z'),
+               ('feb30', 'true', '2026-02-30T10:00:00Z'), ('word', 'true', 'soon')
+             ) t(account_id, is_paying, last_seen_at)"""
+    setup(project_dir, portal, sql=sql, fields={"is_paying": "is_paying",
+                                               "last_seen_at": "last_seen_at"})
+    summary = run(project_dir)
+    assert summary["rejected"] == 0 and summary["delivered"]["created"] == 4, summary
+    with Project.load(project_dir, env=ENV) as p:
+        rows = {r["key"]: r["error"] for r in p.show(summary["run_id"])["rows"]}
+    assert rows == {"yes": "is_paying is a checkbox: it takes true or false",
+                    **{k: "last_seen_at is a datetime property: the value is not a date and time"
+                       for k in ("hour", "feb30", "word")}}
+    held = companies(portal)
+    assert held["iso"]["is_paying"] == "true" and held["millis"]["is_paying"] == ""
+    assert held["iso"]["last_seen_at"] == held["millis"]["last_seen_at"] == \
+        held["spaced"]["last_seen_at"] == "1767261600000"
+    assert held["offset"]["last_seen_at"] == "1767254400250"
+
+
+def test_update_by_record_id_needs_ids_that_can_be_record_ids(
+        project_dir: Path, portal: HubSpotSandbox) -> None:
+    known = portal.put("companies", {"name": "before"})
+    sql = f"""create or replace table usage as select * from (values
+                ('{known}', 'after'), ('acct-9', 'never')) t(account_id, name)"""
+    setup(project_dir, portal, sql=sql, mode="update", fields={"name": "name"})
+    config = (project_dir / "tidegate.yml").read_text().replace(
+        "destination: tidegate_account_id", "destination: hs_object_id")
+    (project_dir / "tidegate.yml").write_text(config)
+    summary = run(project_dir)
+    assert summary["delivered"]["updated"] == 1 and summary["rejected"] == 0
+    assert summary["planned"]["invalid"] == 1
+    with Project.load(project_dir, env=ENV) as p:
+        rows = p.show(summary["run_id"])["rows"]
+    assert [(r["key"], r["kind"], r["error"]) for r in rows] == [("acct-9", "invalid", (
+        "hs_object_id is a HubSpot record id (a whole number), and this value is not one"))]
+    assert portal.records("companies")[known]["name"] == "after"
+    assert portal.writes("batch/update") == [1]
+
+
+def test_a_property_changed_after_the_plan_refuses_its_rows_at_write_time(
+        project_dir: Path, portal: HubSpotSandbox) -> None:
+    setup(project_dir, portal, fields={"plan_tier": "plan_tier"})
+    reads: list[str] = []
+
+    def narrow_on_second_read(method: str, path: str) -> None:
+        if method == "GET" and path.endswith("/properties/companies"):
+            reads.append(path)
+            if len(reads) == 2:  # the delivery's read: an admin dropped an option meanwhile
+                portal.add_property("companies", Property("plan_tier", "enumeration", "select",
+                                                          options=("starter",)))
+
+    portal.on_request = narrow_on_second_read
+    summary = run(project_dir)
+    enterprise = {f"acct-{i}" for i in range(0, 250, 3)}
+    assert summary["rejected"] == len(enterprise) and summary["planned"]["invalid"] == 0
+    assert summary["delivered"]["created"] == 250 - len(enterprise)
+    assert sum(portal.writes("batch/upsert")) == 250 - len(enterprise)  # refused unsent
+    with Project.load(project_dir, env=ENV) as p:
+        rows = p.show(summary["run_id"])["rows"]
+    assert {r["key"] for r in rows} == enterprise
+    assert {r["error"] for r in rows} == {"plan_tier takes only its options (starter)"}
+    again = run(project_dir)  # planned against the new options, they are invalid now
+    assert again["planned"]["invalid"] == len(enterprise) and again["rejected"] == 0
+    assert again["delivered"]["created"] == 0
 
 
 def test_unknown_and_read_only_properties_are_config_errors_naming_them(
@@ -170,7 +288,7 @@ def test_a_spent_daily_limit_stops_the_run_and_the_rest_is_sent_next_time(
         project_dir: Path, portal: HubSpotSandbox) -> None:
     setup(project_dir, portal, fields={"name": "name"}, batch_size=50,
           destination={"concurrency": 1})
-    portal.daily_limit = 3  # the properties read and two batches
+    portal.daily_limit = 4  # the properties read twice (to plan, to deliver), two batches
     summary = run(project_dir)
     assert summary["status"] == "failed"
     assert "daily API limit for this account is spent" in summary["error"]

@@ -2,9 +2,10 @@
 
 It owns the server side of what the Iterable destination talks to:
 ``POST /api/users/bulkUpdate``, ``POST /api/lists/subscribe`` and
-``/api/lists/unsubscribe``, ``POST /api/events/trackBulk``, and the list
-endpoints (``GET /api/lists``, ``POST /api/lists``, ``GET /api/lists/getUsers``),
-behind the ``Api-Key`` header. Users, lists and events live in memory; tests
+``/api/lists/unsubscribe``, ``POST /api/events/trackBulk``, the list
+endpoints (``GET /api/lists``, ``POST /api/lists``, ``GET /api/lists/getUsers``)
+and the project's user fields (``GET /api/users/getFields``), behind the
+``Api-Key`` header. Users, lists and events live in memory; tests
 read them back with ``users``, ``members`` and ``events``.
 
 The contract is Iterable's API documentation (https://api.iterable.com/api/docs,
@@ -16,13 +17,15 @@ whose request and response shapes and rate limits each handler follows):
   (``notFound…``, subscribe and unsubscribe only), a data field of the wrong
   type for the project (``invalidData…``), GDPR-forgotten (``forgotten…``) —
   with the deprecated top-level ``invalidEmails`` / ``invalidUserIds`` as well;
-- a field's type is set by the first value it gets and never changes after;
+- a field's type is set by the first value it gets (an array's by its items) and
+  never changes after; ``getFields`` lists each field with its type (``string``,
+  ``long``, ``double``, ``boolean``, ``date``, ``object``);
 - ``updateExistingUsersOnly`` subscribes only users that already exist;
 - malformed bodies answer 400 ``BadJsonBody`` / ``BadParams``; a wrong key 401
   ``BadApiKey``; bodies over 4 MB, or more than ``max_items`` users or events,
   400 ``BatchTooLarge``;
-- documented rate limits per project (bulkUpdate 5/s, trackBulk 10/s) answer
-  429 ``RateLimitExceeded`` when exceeded.
+- documented rate limits per project (bulkUpdate 5/s, trackBulk 10/s,
+  getFields 3/s) answer 429 ``RateLimitExceeded`` when exceeded.
 
 Fault knobs, turned while it runs: ``fail_next`` (5xx), ``throttle_next`` (429),
 ``forget`` (GDPR-forgotten users) and ``disallow_events``; ``on_request`` sees
@@ -50,7 +53,9 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # "Max size of request body: 4MB" (users/bulkU
 MAX_ITEMS = 1000  # users or events a bulk request; not stated by Iterable, configurable
 # "Rate limit: N requests/second, per project" in each endpoint's documentation.
 RATE_LIMITS = {"/api/users/bulkUpdate": 5.0, "/api/events/trackBulk": 10.0,
-               "/api/lists": 100.0}
+               "/api/users/getFields": 3.0, "/api/lists": 100.0}
+# The identifiers every project has (User Profile Fields Used by Iterable).
+_SYSTEM_FIELDS = {"email": "string", "userId": "string"}
 _JSON = {"content-type": "application/json"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2}( [+-]\d{2}:\d{2})?)?$")
@@ -261,6 +266,8 @@ class IterableSandbox(LocalServer):
                 return _ok({"lists": [{"id": i, "name": n, "listType": "Standard",
                                        "createdAt": 1_700_000_000_000}
                                       for i, n in sorted(self._lists.items())]})
+            if method == "GET" and path == "/api/users/getFields":
+                return _ok({"fields": {**_SYSTEM_FIELDS, **self._field_types}})
             if method == "POST" and path == "/api/lists":
                 name = (body or {}).get("name")
                 if not isinstance(name, str) or not name:
@@ -374,8 +381,9 @@ class IterableSandbox(LocalServer):
                 failures.add(f"invalidData{suffix}", ident)
                 return False
         for name, value in data.items():
-            if value is not None:
-                self._field_types.setdefault(name, _type_of(value))
+            kind = _type_of(value)
+            if kind is not None:
+                self._field_types.setdefault(name, kind)
             if merge and isinstance(value, dict) and isinstance(user.data.get(name), dict):
                 user.data[name] = {**user.data[name], **value}
             else:
@@ -450,7 +458,12 @@ def _valid_user_id(value: str) -> bool:
         and not value.endswith(" ")
 
 
-def _type_of(value: Any) -> str:
+def _type_of(value: Any) -> str | None:
+    """The type a value gives a new field; None for a null or an array with no items."""
+    if value is None:
+        return None
+    if isinstance(value, list):  # "Iterable also supports arrays for all data types"
+        return next((t for t in map(_type_of, value) if t is not None), None)
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -459,14 +472,14 @@ def _type_of(value: Any) -> str:
         return "double"
     if isinstance(value, str):
         return "date" if _DATE.match(value) else "string"
-    if isinstance(value, list):
-        return "array"
     return "object"
 
 
 def _fits(known: str, value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_fits(known, v) for v in value if v is not None)
     kind = _type_of(value)
-    if known == kind:
+    if kind is None or known in ("geo_location", "nested") or known == kind:
         return True
     if known == "double" and kind == "long":  # a whole number is a valid double
         return True

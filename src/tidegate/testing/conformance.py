@@ -2,7 +2,8 @@
 
 A destination's test module subclasses ``ConformanceKit`` (plus
 ``RejectionScenarios`` and ``TransientScenarios`` when the destination can
-reject records or fail transiently) and provides one fixture, ``target``,
+reject records or fail transiently, and ``InvalidValueScenarios`` when its
+schema refuses some values before anything is sent) and provides one fixture, ``target``,
 returning an object that follows ``DestinationUnderTest``. Every scenario runs
 the real engine (``Project``) over a real DuckDB model and compares what the
 destination holds with what the model says it should hold.
@@ -68,6 +69,13 @@ class Rejecting(DestinationUnderTest, Protocol):
         A destination whose rejections carry no message of the test's choosing
         (Iterable lists failing users by cause) returns the text it reports instead.
         """
+
+
+class Unholding(DestinationUnderTest, Protocol):
+    def unholdable(self) -> tuple[str, Any, str]:
+        """A value the destination's schema cannot take for one of the kit's fields: the
+        field (``name``, ``score`` or ``active``), a value of the model column's type, and
+        a part of the reason the plan gives for it."""
 
 
 class Failing(DestinationUnderTest, Protocol):
@@ -341,6 +349,50 @@ class RejectionScenarios:
         assert summary["status"] == "partial"
         assert summary["rejected"] == 10
         assert env.held() == {}
+
+
+class InvalidValueScenarios:
+    """For destinations whose schema is known before the run (``checks_values``): a value
+    it cannot take makes the row invalid in the plan, never sent, until the model fixes it."""
+
+    def test_values_the_schema_cannot_take_are_invalid_and_never_sent(
+        self, env: KitEnv, target: Unholding
+    ) -> None:
+        field, bad, reason = target.unholdable()
+        column = COLUMNS.index(field)
+        good = make_rows(40)
+        spoiled = [(*r[:column], bad, *r[column + 1:]) if r[0] in (3, 4) else r for r in good]
+        env.set_model(spoiled)
+        env.write_project("upsert" if "upsert" in target.modes else "mirror")
+        with env.project() as project:
+            planned = project.plan("items")
+        assert planned["planned"]["invalid"] == 2 and planned["planned"]["added"] == 38
+        assert [n for why, n in planned["invalid_reasons"].items() if reason in why] == [2]
+        summary = env.run()
+        assert summary["status"] == "partial" and summary["rejected"] == 0, summary
+        assert summary["planned"]["invalid"] == 2 and summary["delivered"]["created"] == 38
+        with env.project() as project:
+            rows = project.show(summary["run_id"])["rows"]
+        assert sorted(r["key"] for r in rows if r["kind"] == "invalid") == [3, 4]
+        assert all(reason in r["error"] for r in rows)
+        held = env.held()
+        assert json.dumps(3) not in held and json.dumps(4) not in held
+        assert env.target.row_count(env.object) == 38
+
+        again = env.run()  # the model still holds the values: nothing is tried again
+        assert again["planned"]["invalid"] == 2 and again["planned"]["added"] == 0
+        assert again["delivered"] == {"created": 0, "updated": 0, "deleted": 0}
+        assert again["rejected"] == 0
+
+        # A row already sent that takes such a value keeps its last good one downstream.
+        env.set_model([(*r[:column], bad, *r[column + 1:]) if r[0] == 5 else r for r in good])
+        fixed = env.run()
+        assert fixed["planned"]["invalid"] == 1 and fixed["planned"]["changed"] == 0
+        assert fixed["delivered"] == {"created": 2, "updated": 0, "deleted": 0}
+        held = env.held()
+        assert held[json.dumps(5)] == env.expected(good)[json.dumps(5)]
+        assert {k: v for k, v in held.items() if k != json.dumps(5)} == {
+            k: v for k, v in env.expected().items() if k != json.dumps(5)}
 
 
 class TransientScenarios:

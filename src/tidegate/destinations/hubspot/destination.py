@@ -14,9 +14,12 @@ record id ``hs_object_id``:
     delete  → batch/read to learn record ids, then batch/archive; a record
               already gone counts as deleted
 
-Values are converted per property type (``properties.convert``); a value a
-property cannot hold rejects its row with the reason and is not sent. A
-request HubSpot refuses whole (400 ``VALIDATION_ERROR``: one input's value)
+Values are converted per property type (``properties.convert``). A value a
+property cannot hold, or an empty match value, makes its row invalid in the
+plan (``invalid_values``), with the reason, and it is never sent; should a
+property change between the plan and the write, the write refuses the row the
+same way (it is then rejected, and invalid in the next plan). A request
+HubSpot refuses whole (400 ``VALIDATION_ERROR``: one input's value)
 is split in halves and sent again until the inputs at fault are found, so only
 they are rejected. 429s are read by ``policyName``: ``TEN_SECONDLY_ROLLING``
 (and ``SECONDLY``) wait and retry, ``DAILY`` stops the run with a message,
@@ -42,7 +45,13 @@ from tidegate.destinations.base import (
     SyncTarget,
 )
 from tidegate.destinations.http import HttpDestination, body_preview, retry_after
-from tidegate.destinations.hubspot.properties import RECORD_ID, Properties, convert, parse
+from tidegate.destinations.hubspot.properties import (
+    RECORD_ID,
+    Properties,
+    convert,
+    parse,
+    screen,
+)
 from tidegate.errors import ConfigError, DestinationError, Problem, RetryableError
 from tidegate.redact import redact
 
@@ -80,6 +89,7 @@ class HubSpotDestination(HttpDestination):
         concurrency=4,
         matches_by="a unique-value property named in `match.destination` (email for "
                    "contacts), or the record id hs_object_id",
+        checks_values=True,
     )
 
     def __init__(self, name: str, config: HubSpotConfig, target: SyncTarget) -> None:
@@ -106,16 +116,27 @@ class HubSpotDestination(HttpDestination):
         self._fetch_properties(self.target.object or "contacts")
 
     def prepare(self, schema: pa.Schema) -> None:
-        properties = self.before_run("the properties request", self._fetch_properties)
+        self._checked(list(schema.names))
+
+    def invalid_values(self, table: pa.Table) -> pa.Array | None:
+        """Rows whose values the object's properties cannot hold, with the reason."""
+        reasons = screen(table, self._checked(table.column_names), self.key)
+        return reasons if reasons.null_count < len(reasons) else None
+
+    def _checked(self, names: list[str]) -> Properties:
+        """The object's properties (read once), with the sync's fields checked against them."""
+        if self._properties is None:
+            self._properties = self.before_run("the properties request",
+                                               self._fetch_properties)
         if len(self.target.match_fields) > 1:
             raise ConfigError(Problem("HubSpot matches records on one property", key="match",
                                       fix="match on one unique-value property"))
-        writes = [n for n in schema.names if n != self.key]
-        problems = properties.problems(writes, self.target.mode, self.key)
+        writes = [n for n in names if n != self.key]
+        problems = self._properties.problems(writes, self.target.mode, self.key)
         if problems:
             raise ConfigError([Problem(message, key=key, fix=fix)
                                for key, message, fix in problems])
-        self._properties = properties
+        return self._properties
 
     def _fetch_properties(self, object_type: str = "") -> Properties:
         object_type = object_type or self.target.object
@@ -147,7 +168,11 @@ class HubSpotDestination(HttpDestination):
 
     def _rows(self, table: pa.Table, properties: Properties
               ) -> tuple[list[dict[str, str]], dict[int, str]]:
-        """Each row as HubSpot's property strings, and the rows that cannot be sent."""
+        """Each row as HubSpot's property strings, and the rows that cannot be sent.
+
+        The plan already left out rows with values the properties cannot hold; a row
+        refused here met a property that changed since the plan was made.
+        """
         columns: dict[str, list[str]] = {}
         refused: dict[int, str] = {}
         for name in table.column_names:

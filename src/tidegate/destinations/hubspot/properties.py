@@ -9,9 +9,11 @@ Arrow columns into HubSpot's string forms column at a time — numbers as
 decimal text, checkboxes ``true``/``false``, multiple checkboxes joined by
 ``;``, dates as epoch milliseconds at midnight UTC, datetimes as epoch
 milliseconds — and names each row whose value no property of that type can
-hold (an option the property lacks, a time of day in a date, text beyond
-65,536 characters), so that row is refused before a request is made.
-Nulls become the empty string, which clears a property.
+hold (an option the property lacks, a time of day in a date, a day that does
+not exist, text beyond 65,536 characters). ``screen`` gives those reasons for
+a whole row, with an empty match value, so the planner makes such rows
+invalid before anything is sent. Nulls and empty text become the empty string,
+which clears a property.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ MAX_TEXT = 65_536
 _DAY_MS = 86_400_000
 _NUMBER = r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$"
 _ISO_DAY = r"^\d{4}-\d{2}-\d{2}$"
-_ISO_MOMENT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$"
+_ISO_MOMENT = (r"^\d{4}-\d{2}-\d{2}[T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?"
+               r"(Z|[+-]([01]\d|2[0-3]):?[0-5]\d)?$")
+_RECORD_ID_TEXT = r"^\d+$"
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"
 
 
@@ -119,11 +123,49 @@ def parse(object_type: str, body: dict[str, Any]) -> Properties:
         str(p["name"]): PropertyInfo.of(p) for p in body.get("results", [])})
 
 
+def screen(table: pa.Table, properties: Properties, key: str) -> pa.Array:
+    """Per row of ``table`` (the match and mapped fields, under property names), the first
+    reason HubSpot could not take its values, null where it can: an empty match value, a
+    record id that is not one, a value its property cannot hold."""
+    reasons = pa.nulls(table.num_rows, pa.string())
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if name == key:
+            reasons = _first(reasons, _match_reasons(column, key))
+        info = properties.by_name.get(name)
+        if info is not None and name != RECORD_ID:
+            _, why = convert(column, info, email=name == "email" and properties.is_contacts)
+            reasons = _first(reasons, why)
+    return reasons
+
+
+def _match_reasons(column: pa.Array, key: str) -> pa.Array:
+    text = _text_or_nothing(_decoded(column))
+    empty = pc.or_(pc.is_null(text), pc.equal(text, ""))
+    reasons = _reasons(empty, f"the match property {key} is empty")
+    if key == RECORD_ID:
+        not_an_id = pc.invert(pc.match_substring_regex(text, _RECORD_ID_TEXT))
+        reasons = _first(reasons, _reasons(pc.and_(pc.invert(empty), not_an_id),
+                                           f"{RECORD_ID} is a HubSpot record id (a whole "
+                                           "number), and this value is not one"))
+    return reasons
+
+
 def convert(column: pa.Array | pa.ChunkedArray, info: PropertyInfo, *, email: bool = False
             ) -> tuple[pa.Array, pa.Array]:
     """``column`` as the strings HubSpot takes for ``info``, and per row the reason it cannot
     be sent (null where it can)."""
-    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = _decoded(column.combine_chunks() if isinstance(column, pa.ChunkedArray)
+                      else column)
+    text, reasons = _convert(values, info, email=email)
+    if _is_text(values.type):  # empty text clears a property of any type, as a null does
+        blank = pc.fill_null(pc.equal(values, ""), False)
+        reasons = pc.if_else(blank, pa.scalar(None, pa.string()), reasons)
+        text = pc.if_else(blank, pa.scalar(""), text.cast(pa.string()))
+    return text, reasons
+
+
+def _convert(values: pa.Array, info: PropertyInfo, *, email: bool) -> tuple[pa.Array, pa.Array]:
     kind = info.kind
     if kind == "bool":
         text, bad = _as_bool(values)
@@ -134,7 +176,8 @@ def convert(column: pa.Array | pa.ChunkedArray, info: PropertyInfo, *, email: bo
     elif kind == "date":
         text, bad = _as_date(values)
         why = (f"{info.name} is a date property: HubSpot takes midnight UTC, and this value "
-               "has a time of day or is not a date (cast it to a date in the model)")
+               "has a time of day or is not a date that exists (cast it to a date in the "
+               "model)")
     elif kind == "datetime":
         text, bad = _as_datetime(values)
         why = f"{info.name} is a datetime property: the value is not a date and time"
@@ -186,13 +229,20 @@ def _as_date(values: pa.Array) -> tuple[pa.Array, pa.Array]:
         millis = _epoch_ms(values)
         off_midnight = pc.not_equal(millis, _floor_day(millis))
         return millis.cast(pa.string()), pc.fill_null(off_midnight, False)
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        day = pc.match_substring_regex(values, _ISO_DAY)
-        parsed = pc.strptime(pc.if_else(day, values, pa.scalar(None, pa.string())),
-                             format="%Y-%m-%d", unit="ms", error_is_null=True)
-        millis = parsed.cast(pa.int64())
+    if _is_text(values.type):
+        millis = _day_millis(values)
         return millis.cast(pa.string()), pc.and_(pc.is_valid(values), pc.is_null(millis))
     return _text_or_nothing(values), pc.is_valid(values)
+
+
+def _day_millis(text: pa.Array) -> pa.Array:
+    """Epoch milliseconds of each ``YYYY-MM-DD`` text that is a day of the calendar, else null."""
+    day = pc.match_substring_regex(text, _ISO_DAY)
+    kept = pc.if_else(day, text, pa.scalar(None, pa.string()))
+    parsed = pc.strptime(kept, format="%Y-%m-%d", unit="ms", error_is_null=True)
+    # strptime rolls 2026-02-30 over into March: a day must read back as it was written.
+    exists = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), kept), False)
+    return pc.if_else(exists, parsed.cast(pa.int64()), pa.scalar(None, pa.int64()))
 
 
 def _as_datetime(values: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -200,10 +250,12 @@ def _as_datetime(values: pa.Array) -> tuple[pa.Array, pa.Array]:
         return _epoch_ms(values).cast(pa.string()), _no(values)
     if pa.types.is_date(values.type):
         return values.cast(pa.timestamp("ms")).cast(pa.int64()).cast(pa.string()), _no(values)
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        # HubSpot takes ISO 8601 as well as epoch milliseconds; text is sent as it is.
-        ok = pc.or_(pc.match_substring_regex(values, _ISO_MOMENT),
-                    pc.match_substring_regex(values, r"^-?\d{1,15}$"))
+    if _is_text(values.type):
+        # HubSpot takes ISO 8601 as well as epoch milliseconds; text is sent as it is, once
+        # its day is one of the calendar's.
+        moment = pc.and_(pc.match_substring_regex(values, _ISO_MOMENT), pc.is_valid(
+            _day_millis(pc.utf8_slice_codeunits(values, 0, 10))))
+        ok = pc.or_(moment, pc.match_substring_regex(values, r"^-?\d{1,15}$"))
         return values, pc.and_(pc.is_valid(values), pc.invert(ok))
     return _text_or_nothing(values), pc.is_valid(values)
 
@@ -241,6 +293,14 @@ def _as_text(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     too_long = pc.greater(pc.utf8_length(text), MAX_TEXT)
     unsendable = pc.and_(pc.is_valid(values), pc.is_null(text))
     return text, pc.or_(pc.fill_null(too_long, False), unsendable)
+
+
+def _decoded(values: pa.Array) -> pa.Array:
+    return values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _text_or_nothing(values: pa.Array) -> pa.Array:

@@ -12,7 +12,12 @@ The sync's ``object`` picks what is written:
                 resent event updates itself instead of counting twice)
 
 Users are identified by ``email`` or ``userId``, the sync's match field
-(``match.destination``). Iterable answers a bulk request 200 even when some
+(``match.destination``). Values Iterable is certain to refuse — a blank
+identifier, text that cannot be an email, NaN, a dataField value that cannot
+become the type the project fixed for that field (``GET /api/users/getFields``),
+an event without a name or a user — make their rows invalid in the plan
+(``invalid_values``, see ``checks``), and they are never sent. Iterable answers
+a bulk request 200 even when some
 users fail; the failing emails and userIds it lists in ``failedUpdates`` reject
 just their rows, with the cause. A user already gone from a list counts as
 unsubscribed. The base URL is configurable: ``https://api.eu.iterable.com`` for
@@ -39,6 +44,7 @@ from tidegate.destinations.base import (
     SyncTarget,
 )
 from tidegate.destinations.http import HttpDestination, body_preview, retry_after
+from tidegate.destinations.iterable import checks
 from tidegate.destinations.iterable.fields import (
     Unsendable,
     epoch_seconds,
@@ -52,15 +58,14 @@ from tidegate.redact import redact
 MAX_BODY = 4 * 1024 * 1024  # "Max size of request body: 4MB" (users/bulkUpdate)
 MAX_ITEMS = 1000  # users or events a request: Iterable states no cap; kept configurable
 IDENTIFIERS = ("email", "userId")
-# Event fields Iterable takes at the top level; the rest of the mapping is dataFields.
-_EVENT_TOP = ("eventName", "email", "userId", "createdAt", "campaignId", "templateId")
+_EVENT_TOP = checks.EVENT_TOP
 _LIST = re.compile(r"^list:(\d+)$")
 # Per object: modes, and the rates Iterable's documentation states per project
 # (bulkUpdate 5/s, trackBulk 10/s; subscribe and unsubscribe state none, so the
 # more cautious figure is used).
 _USERS = Capabilities(modes=frozenset({"upsert"}), max_records=MAX_ITEMS, max_bytes=MAX_BODY,
                       requests_per_second=5.0, concurrency=2,
-                      matches_by="email or userId (`match.destination`)")
+                      matches_by="email or userId (`match.destination`)", checks_values=True)
 _EVENTS = dataclasses.replace(_USERS, modes=frozenset({"insert"}), requests_per_second=10.0,
                               matches_by="the event id: `match.destination: id`")
 _LISTS = dataclasses.replace(_USERS, modes=ALL_MODES)
@@ -102,6 +107,7 @@ class IterableDestination(HttpDestination):
         self._headers = {"api-key": config.api_key.get_secret_value(),
                          "content-type": "application/json"}
         self._timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
+        self._field_types: dict[str, str] | None = None
 
     @classmethod
     def modes_for(cls, object_name: str) -> frozenset[Mode]:
@@ -128,9 +134,29 @@ class IterableDestination(HttpDestination):
         self._lists()
 
     def prepare(self, schema: pa.Schema) -> None:
-        obj = self.target.object
-        names = set(schema.names)
-        if obj == "events":
+        self._check_fields(set(schema.names))
+        if self.list_id is not None:
+            known = self.before_run("the lists request", self._lists)
+            if self.list_id not in known:
+                shown = ", ".join(f"{i} ({n})" for i, n in sorted(known.items())[:10])
+                raise ConfigError(Problem(
+                    f"the Iterable project has no list {self.list_id}", key="object",
+                    fix=f"use the id of one of its static lists: {shown or 'none yet'}"))
+
+    def invalid_values(self, table: pa.Table) -> pa.Array | None:
+        """Rows holding values Iterable is certain to refuse, with the reason (``checks``)."""
+        names = table.column_names
+        self._check_fields(set(names))
+        if self.target.object == "events":
+            reasons = checks.events(table)
+        else:
+            data = [n for n in names if n != self.key]
+            reasons = checks.users(table, self.key, self._user_fields() if data else {})
+        return reasons if reasons.null_count < len(reasons) else None
+
+    def _check_fields(self, names: set[str]) -> None:
+        """Config problems of the sync's match and fields for its object."""
+        if self.target.object == "events":
             missing = [n for n in ("eventName",) if n not in names]
             if self.key != "id":
                 raise ConfigError(Problem(
@@ -148,13 +174,20 @@ class IterableDestination(HttpDestination):
                 f"Iterable identifies users by email or userId, not {self.key!r}",
                 key="match", fix="name the identifier in `match.destination` (email or "
                                  "userId), or call the key column so"))
-        if self.list_id is not None:
-            known = self.before_run("the lists request", self._lists)
-            if self.list_id not in known:
-                shown = ", ".join(f"{i} ({n})" for i, n in sorted(known.items())[:10])
-                raise ConfigError(Problem(
-                    f"the Iterable project has no list {self.list_id}", key="object",
-                    fix=f"use the id of one of its static lists: {shown or 'none yet'}"))
+
+    def _user_fields(self) -> dict[str, str]:
+        """The project's user fields and the type each was fixed to (read once)."""
+        if self._field_types is None:
+            self._field_types = self.before_run("the user fields request", self._read_fields)
+        return self._field_types
+
+    def _read_fields(self) -> dict[str, str]:
+        response = self._request("GET", "users/getFields")
+        problem = self.classify(response)
+        if problem is not None:
+            raise DestinationError(f"reading the project's user fields failed: {problem}")
+        fields = _doc(response).get("fields")
+        return {str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {}
 
     def _lists(self) -> dict[int, str]:
         response = self._request("GET", "lists")
@@ -223,7 +256,11 @@ class IterableDestination(HttpDestination):
             if name == "createdAt":
                 item[name] = epoch_seconds(value, name)
             elif name in ("campaignId", "templateId"):
-                item[name] = int(value)
+                try:
+                    item[name] = int(value)
+                except (TypeError, ValueError):
+                    raise Unsendable(f"{name} must be a whole number (an Iterable "
+                                     f"{name})") from None
             else:
                 item[name] = str(value)
         if "eventName" not in item:
