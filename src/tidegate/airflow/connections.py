@@ -8,7 +8,7 @@ Every secret a connection holds is registered with ``tidegate.redact`` first,
 so it is masked in every log line, error and run record from then on.
 
     source       postgres, sqlite, duckdb, snowflake (a SQLAlchemy URL or a source config)
-    destination  http → webhook, postgres, salesforce, hubspot
+    destination  http → webhook, postgres, salesforce, hubspot, iterable
     state        tidegate, postgres, sqlite
 """
 
@@ -29,6 +29,9 @@ _WEBHOOK_SETTINGS = ("max_records", "max_bytes", "requests_per_second", "concurr
 _SALESFORCE_SETTINGS = ("api_version", "max_records", "concurrency", "requests_per_second",
                         "timeout_s")
 _POSTGRES_SETTINGS = ("max_records", "concurrency", "create_table")
+_HUBSPOT_SETTINGS = ("max_records", "requests_per_second", "concurrency", "timeout_s")
+_ITERABLE_SETTINGS = ("max_records", "max_bytes", "requests_per_second", "concurrency",
+                      "timeout_s")
 
 
 class ConnectionLike(Protocol):
@@ -101,9 +104,15 @@ def destination_settings(conn: ConnectionLike, overrides: dict[str, Any] | None 
         settings = salesforce_settings(conn)
     elif kind == "hubspot":
         settings = {"type": "hubspot", "token": conn.password or extra.get("access_token"),
-                    **({"base_url": _http_url(conn)} if conn.host else {})}
+                    **({"base_url": _http_url(conn)} if conn.host else {}),
+                    **_pick(extra, _HUBSPOT_SETTINGS)}
+    elif kind == "iterable":
+        settings = {"type": "iterable", "api_key": conn.password or extra.get("api_key"),
+                    **({"base_url": _http_url(conn)} if conn.host else {}),
+                    **_pick(extra, _ITERABLE_SETTINGS)}
     else:
-        raise _unsupported(conn, "destination", "http (a webhook), postgres or salesforce")
+        raise _unsupported(conn, "destination",
+                           "http (a webhook), postgres, salesforce, hubspot or iterable")
     settings.update(overrides or {})
     return settings
 
