@@ -447,11 +447,7 @@ def sandbox_webhook(
     """A local webhook receiver that follows tidegate's webhook contract."""
     from tidegate.sandbox.webhook import serve
 
-    def go() -> int:
-        serve(port, secret)
-        return EXIT_OK
-
-    _guard(False, go)
+    _serve(lambda: serve(port, secret))
 
 
 @sandbox_app.command("salesforce")
@@ -477,13 +473,12 @@ def sandbox_salesforce(
     Bulk API 2.0, SOQL, limits and injected faults."""
     from tidegate.sandbox.salesforce import serve
 
-    def go() -> int:
+    def start() -> None:
         public_key = public_key_file.read_text() if public_key_file is not None else None
         serve(port, client_id, client_secret, consumer_key=consumer_key, public_key=public_key,
               daily_limit=daily_limit, hard_delete_allowed=hard_delete_allowed)
-        return EXIT_OK
 
-    _guard(False, go)
+    _serve(start)
 
 
 @sandbox_app.command("hubspot")
@@ -502,11 +497,7 @@ def sandbox_hubspot(
     207 multi-status, rate limits."""
     from tidegate.sandbox.hubspot import serve
 
-    def go() -> int:
-        serve(port, token, burst=burst, daily_limit=daily_limit)
-        return EXIT_OK
-
-    _guard(False, go)
+    _serve(lambda: serve(port, token, burst=burst, daily_limit=daily_limit))
 
 
 @sandbox_app.command("iterable")
@@ -520,8 +511,14 @@ def sandbox_iterable(
     unsubscribe, events/trackBulk, failures reported inside a 200, rate limits."""
     from tidegate.sandbox.iterable import serve
 
+    _serve(lambda: serve(port, api_key))
+
+
+def _serve(start: Callable[[], None]) -> None:
+    """Run a local server until it is stopped; a bad option is reported like any error."""
+
     def go() -> int:
-        serve(port, api_key)
+        start()
         return EXIT_OK
 
     _guard(False, go)
