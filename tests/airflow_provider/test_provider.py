@@ -113,9 +113,10 @@ def test_connections_become_tidegate_settings() -> None:
     snow = Conn("snowflake", login="etl", password="s3cret!", schema="marts",
                 extra={"account": "xy12345", "region": "eu-west-1", "database": "PROD",
                        "warehouse": "TRANSFORM", "role": "REVERSE_ETL"})
-    assert connections.source_settings(snow) == {"type": "sqlalchemy", "url": (
-        "snowflake://etl:s3cret%21@xy12345.eu-west-1/PROD/marts"
-        "?warehouse=TRANSFORM&role=REVERSE_ETL")}
+    assert connections.source_settings(snow) == {
+        "type": "snowflake", "account": "xy12345.eu-west-1", "user": "etl",
+        "warehouse": "TRANSFORM", "database": "PROD", "role": "REVERSE_ETL",
+        "schema": "marts", "password": "s3cret!"}
     http = Conn("http", host="hooks.example.com", schema="https", port=8443,
                 password="whsec_abc", extra={"endpoint": "/in/tidegate", "X-Team": "ops",
                                              "max_records": 500})
@@ -143,7 +144,13 @@ def test_connections_tidegate_cannot_use_say_what_to_do() -> None:
         (connections.destination_settings, Conn("salesforce", conn_id="sf", login="u",
                                                 password="pw"), "no consumer key"),
         (connections.source_settings, Conn("snowflake", extra={
-            "account": "a", "private_key_content": "k"}), "key-pair"),
+            "account": "a", "private_key_content": "k"}), "neither PEM text nor base64"),
+        (connections.source_settings, Conn("snowflake", extra={
+            "account": "a", "private_key_content": "k", "private_key_file": "/k.p8"}),
+         "both"),
+        (connections.source_settings, Conn("snowflake", login="u", extra={"account": "a"}),
+         "neither a password nor a private key"),
+        (connections.source_settings, Conn("snowflake", login="u"), "no Snowflake account"),
     ):
         with pytest.raises(ConfigError, match=words) as caught:
             call(connection)  # type: ignore[operator]

@@ -7,13 +7,16 @@ for it, so the inline job is validated by the same models as a project file.
 Every secret a connection holds is registered with ``tidegate.redact`` first,
 so it is masked in every log line, error and run record from then on.
 
-    source       postgres, sqlite, duckdb, snowflake (a SQLAlchemy URL or a source config)
+    source       postgres, sqlite, duckdb, snowflake (password or key-pair), or a
+                 connection with a ``sqlalchemy_url`` extra
     destination  http → webhook, postgres, salesforce, hubspot, iterable
     state        tidegate, postgres, sqlite
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -70,7 +73,7 @@ def source_settings(conn: ConnectionLike) -> dict[str, Any]:
     if kind == "duckdb":
         return {"type": "duckdb", "path": conn.host or extra.get("path") or ":memory:"}
     if kind == "snowflake":
-        return {"type": "sqlalchemy", "url": snowflake_url(conn)}
+        return snowflake_settings(conn)
     if extra.get("sqlalchemy_url"):
         return {"type": "sqlalchemy", "url": str(extra["sqlalchemy_url"])}
     raise _unsupported(conn, "source", "postgres, sqlite, duckdb or snowflake, or any "
@@ -165,30 +168,69 @@ _LIBPQ_PARAMS = frozenset({"sslmode", "sslcert", "sslkey", "sslrootcert", "sslcr
                            "target_session_attrs", "keepalives", "keepalives_idle"})
 
 
-def snowflake_url(conn: ConnectionLike) -> str:
-    """A snowflake-sqlalchemy URL from an Airflow snowflake connection (password auth)."""
+def snowflake_settings(conn: ConnectionLike) -> dict[str, Any]:
+    """A ``type: snowflake`` source from an Airflow snowflake connection.
+
+    As the Snowflake provider reads it: extras ``account`` (with ``region``, for an
+    account locator), ``warehouse``, ``database``, ``role``, ``host`` and ``port``;
+    the schema field; key-pair authentication from ``private_key_file`` (a path) or
+    ``private_key_content`` (PEM text, or PEM encoded in base64), with the password
+    as the key's passphrase; else the password. ``protocol`` (``http``, for a local
+    emulator) is tidegate's own extra.
+    """
     extra = conn.extra_dejson
-    account = extra.get("account") or conn.host
+    account = str(extra.get("account") or "")
     if not account:
         raise ConfigError(Problem(f"connection '{conn.conn_id}' names no Snowflake account",
                                   key=conn.conn_id, fix="set the `account` extra"))
-    if extra.get("private_key_content") or extra.get("private_key_file"):
-        raise ConfigError(Problem(
-            f"connection '{conn.conn_id}' uses key-pair authentication, which the "
-            "tidegate source cannot take from an Airflow connection yet", key=conn.conn_id,
-            fix="use a user with a password, or a tidegate project whose source `url` "
-                "carries the key options"))
     region = extra.get("region")
-    host = f"{account}.{region}" if region and "." not in str(account) else str(account)
-    auth = quote(conn.login or "", safe="")
-    if conn.password:
-        auth += ":" + quote(conn.password, safe="")
-    path = "/".join(quote(str(p), safe="") for p in (extra.get("database"), conn.schema) if p)
-    query = "&".join(f"{k}={quote(str(extra[k]), safe='')}"
-                     for k in ("warehouse", "role", "authenticator") if extra.get(k))
-    url = f"snowflake://{auth}@{host}/{path}" + (f"?{query}" if query else "")
-    redact.register_url(url)
-    return url
+    if region and "." not in account:
+        account = f"{account}.{region}"
+    settings: dict[str, Any] = {"type": "snowflake", "account": account,
+                                "user": conn.login or ""}
+    for key in ("warehouse", "database", "role", "host", "port", "protocol"):
+        if extra.get(key):
+            settings[key] = int(extra[key]) if key == "port" else str(extra[key])
+    if conn.schema:
+        settings["schema"] = conn.schema
+    key_file, key_content = extra.get("private_key_file"), extra.get("private_key_content")
+    if key_file and key_content:
+        raise ConfigError(Problem(
+            f"connection '{conn.conn_id}' gives both `private_key_file` and "
+            "`private_key_content`", key=conn.conn_id, fix="keep one of them"))
+    if key_file or key_content:
+        if key_file:
+            settings["private_key_path"] = str(key_file)
+        else:
+            settings["private_key"] = _pem_text(str(key_content), conn)
+        if conn.password:
+            settings["private_key_passphrase"] = conn.password
+    else:
+        if not conn.password:
+            raise ConfigError(Problem(
+                f"connection '{conn.conn_id}' has neither a password nor a private key",
+                key=conn.conn_id,
+                fix="set the password, or the `private_key_file` or `private_key_content` "
+                    "extra"))
+        settings["password"] = conn.password
+    return settings
+
+
+def _pem_text(content: str, conn: ConnectionLike) -> str:
+    """The PEM text of a private key given as PEM or, as the provider allows, base64 of it."""
+    if "-----BEGIN" in content:
+        return content
+    try:
+        text = base64.b64decode(content, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        text = ""
+    if "-----BEGIN" not in text:
+        raise ConfigError(Problem(
+            f"connection '{conn.conn_id}': `private_key_content` is neither PEM text nor "
+            "base64 of it", key=conn.conn_id,
+            fix="paste the key file's text (-----BEGIN PRIVATE KEY----- …)"))
+    redact.register(text)
+    return text
 
 
 def salesforce_settings(conn: ConnectionLike) -> dict[str, Any]:

@@ -33,14 +33,17 @@ class Lineage:
 def describe(project: Project, sync_name: str) -> Lineage:
     sync = project.sync(sync_name)
     source = project.settings.sources[sync.source]
-    namespace, database, dialect = _source_namespace(source.model_dump(), project.root)
+    settings = source.model_dump()
+    namespace, database, dialect = _source_namespace(settings, project.root)
+    schema = {"postgres": "public", "snowflake": settings.get("schema_")}.get(dialect)
     lineage = Lineage(query=sync.query)
     tables = [sync.table] if sync.table else _tables(sync.query or "", dialect)
     for table in tables:
         parts = table.split(".")
         if database and len(parts) < 3:
-            parts = [database, *(["public"] if dialect == "postgres" and len(parts) == 1
-                                 else []), *parts]
+            parts = [database, *([schema] if schema and len(parts) == 1 else []), *parts]
+        if dialect == "snowflake":  # unquoted names, as Snowflake folds them
+            parts = [p if p.startswith('"') else p.upper() for p in parts]
         lineage.inputs.append((namespace, ".".join(parts)))
     destination = project.settings.destinations[sync.destination]
     lineage.outputs.append(_destination_dataset(destination, sync.object, project.root))
@@ -81,6 +84,11 @@ def _source_namespace(source: dict[str, Any], root: Path) -> tuple[str, str | No
         url = source.get("url") or ""
         path = source.get("path") or url.removeprefix("sqlite:///")
         return f"sqlite://{(root / path).resolve()}", None, "sqlite"
+    if kind == "snowflake":  # OpenLineage: snowflake://{account identifier}
+        return (f"snowflake://{str(source['account']).lower()}", source.get("database"),
+                "snowflake")
+    if kind == "bigquery":  # OpenLineage: bigquery, names project.dataset.table
+        return "bigquery", source.get("project"), "bigquery"
     url = source["url"].get_secret_value() if hasattr(source["url"], "get_secret_value") \
         else str(source["url"])
     parts = urlsplit(url)
