@@ -4,10 +4,12 @@ It owns the server side of what the HubSpot destination talks to: the
 properties endpoint (``GET /crm/v3/properties/{objectType}``, and ``POST`` to
 create a custom property), the batch
 object endpoints (``create``, ``read``, ``update``, ``upsert``, ``archive``)
-and a paged object listing, behind a private-app bearer token. Records live in
+and a paged object listing, and the default associations of records
+(``POST /crm/v4/associations/{fromObjectType}/{toObjectType}/batch/associate/default``),
+behind a private-app bearer token. Records live in
 memory, one table per object type (contacts, companies, deals and any custom
-type added with ``add_object``); tests read them back with ``records`` and
-``find``.
+type added with ``add_object``); tests read them back with ``records``,
+``find`` and ``associations``.
 
 Every request body is checked against HubSpot's published OpenAPI documents
 (shipped in ``sandbox/specs/hubspot``, see ``sandbox/openapi.py``) before it is
@@ -30,7 +32,10 @@ source in a comment:
 - ``batch/update`` and ``batch/read`` answer 207 with an ``OBJECT_NOT_FOUND``
   error listing the ids that match no record; ``batch/archive`` answers 204
   whatever the ids;
-- at most ``max_inputs`` (100) inputs a request;
+- at most ``max_inputs`` (100) inputs a request (2,000 for associations);
+- an association names two records that exist, else its input is refused with
+  ``OBJECT_NOT_FOUND`` among the ``errors`` of a 200 (the v4 document declares
+  no 207); associating twice changes nothing;
 - the ten-secondly rolling limit and the daily limit answer 429 with the
   ``policyName`` that was hit, and every answer carries the
   ``X-HubSpot-RateLimit-*`` headers.
@@ -76,6 +81,13 @@ _JSON = {"content-type": "application/json;charset=utf-8"}
 _TYPES = frozenset({"bool", "enumeration", "date", "datetime", "string", "number",
                     "phone_number"})
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+# Inputs a v4 associations batch takes (HubSpot's associations guide: up to 2,000).
+MAX_ASSOCIATIONS = 2_000
+# HubSpot-defined default (unlabeled) association type ids, from HubSpot's list of
+# association type ids; other pairs answer 1 here.
+_DEFAULT_TYPE_IDS = {("contacts", "companies"): 279, ("companies", "contacts"): 280,
+                     ("deals", "contacts"): 3, ("contacts", "deals"): 4,
+                     ("deals", "companies"): 341, ("companies", "deals"): 342}
 _DAY_MS = 86_400_000
 
 
@@ -321,6 +333,7 @@ class HubSpotSandbox(LocalServer):
         self._failures: list[int] = []
         self._throttles: list[str] = []
         self._refused: dict[tuple[str, str], str] = {}
+        self._associated: set[tuple[str, str, str, str]] = set()  # from type, id, to type, id
         super().__init__(host, port, log)
 
     # Setup -----------------------------------------------------------------------
@@ -379,6 +392,17 @@ class HubSpotSandbox(LocalServer):
         with self._lock:
             table = self._tables[self._object(object_type).name]
             return {rid: dict(r.properties) for rid, r in table.rows.items()}
+
+    def archive(self, object_type: str, record_id: str) -> None:
+        """Remove a record directly, as someone deleting it in HubSpot would."""
+        with self._lock:
+            self._tables[self._object(object_type).name].rows.pop(record_id, None)
+
+    def associations(self, from_type: str, to_type: str) -> set[tuple[str, str]]:
+        """(from record id, to record id) of every association between the two types."""
+        a, b = self._object(from_type).name, self._object(to_type).name
+        with self._lock:
+            return {(f, t) for fo, f, to, t in self._associated if (fo, to) == (a, b)}
 
     def find(self, object_type: str, prop: str, value: str) -> list[dict[str, str]]:
         return [r for r in self.records(object_type).values() if r.get(prop) == value]
@@ -467,7 +491,7 @@ class HubSpotSandbox(LocalServer):
     def _route(self, method: str, path: str, query: dict[str, list[str]],
                body: Any) -> tuple[int, Any]:
         segs = [s for s in path.split("/") if s]
-        if segs[:2] != ["crm", "v3"] or len(segs) < 4:
+        if segs[:2] not in (["crm", "v3"], ["crm", "v4"]) or len(segs) < 4:
             raise _Refusal(404, "OBJECT_NOT_FOUND", f"resource not found: {path}")
         if method in ("POST", "PATCH", "PUT"):
             problems = self.contract.request_problems(method, path, body)
@@ -475,6 +499,13 @@ class HubSpotSandbox(LocalServer):
                 raise _Refusal(400, "VALIDATION_ERROR",
                                "Invalid input JSON: " + "; ".join(problems),
                                errors=[{"message": p} for p in problems])
+        if segs[1] == "v4":
+            if (method == "POST" and len(segs) == 8 and segs[2] == "associations"
+                    and segs[5:] == ["batch", "associate", "default"]):
+                with self._lock:
+                    return self._associate(self._object_for(segs[3]),
+                                           self._object_for(segs[4]), body["inputs"])
+            raise _Refusal(404, "VALIDATION_ERROR", f"{method} {path} is not supported")
         obj = self._object_for(segs[3])
         if segs[2] == "properties" and len(segs) == 4 and method == "GET":
             return 200, {"results": [p.describe() for p in obj.properties]}
@@ -617,6 +648,31 @@ class HubSpotSandbox(LocalServer):
         gone = sum(1 for i in inputs if table.rows.pop(str(i["id"]), None) is not None)
         self.say(f"archive {obj.name}: {gone} of {len(inputs)} archived")
         return 204, None
+
+    def _associate(self, source: ObjectType, target: ObjectType, inputs: list[dict[str, Any]]
+                   ) -> tuple[int, Any]:
+        if len(inputs) > MAX_ASSOCIATIONS:
+            raise _Refusal(400, "VALIDATION_ERROR",
+                           f"Batch input limit exceeded: {len(inputs)} inputs sent, at most "
+                           f"{MAX_ASSOCIATIONS} are allowed")
+        spec = {"associationCategory": "HUBSPOT_DEFINED",
+                "associationTypeId": _DEFAULT_TYPE_IDS.get((source.name, target.name), 1)}
+        results, missing = [], []
+        for item in inputs:
+            a, b = str(item["from"]["id"]), str(item["to"]["id"])
+            if a not in self._tables[source.name].rows or b not in self._tables[target.name].rows:
+                missing.append(a)
+                continue
+            self._associated.add((source.name, a, target.name, b))
+            results.append({"from": {"id": a}, "to": {"id": b}, "associationSpec": spec})
+        self.say(f"associate {source.name} → {target.name}: {len(results)} of {len(inputs)}")
+        # The error's wording and context are not documented; OBJECT_NOT_FOUND is what
+        # HubSpot's other batch endpoints answer for ids that match no record.
+        _, doc = self._batch_reply(200, results, [] if not missing else [_error(
+            "OBJECT_NOT_FOUND", f"Could not associate some {source.label} objects: a record "
+                                "does not exist", {"ids": missing})])
+        # The v4 document answers 200 only, its errors inside (``numErrors``), not a 207.
+        return 200, doc
 
     def _read(self, obj: ObjectType, body: dict[str, Any]) -> tuple[int, Any]:
         id_prop = body.get("idProperty")

@@ -24,6 +24,9 @@ is split in halves and sent again until the inputs at fault are found, so only
 they are rejected. 429s are read by ``policyName``: ``TEN_SECONDLY_ROLLING``
 (and ``SECONDLY``) wait and retry, ``DAILY`` stops the run with a message,
 because waiting inside a run cannot cure a spent daily allowance.
+
+A mapped field named ``associations.<toObjectType>.<property>`` associates each
+record with another object's record (see ``associations``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from tidegate.destinations.base import (
     SyncTarget,
 )
 from tidegate.destinations.http import HttpDestination, body_preview, retry_after
+from tidegate.destinations.hubspot import associations
+from tidegate.destinations.hubspot.associations import Association
 from tidegate.destinations.hubspot.properties import (
     RECORD_ID,
     Properties,
@@ -101,6 +106,8 @@ class HubSpotDestination(HttpDestination):
                          "content-type": "application/json"}
         self._timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
         self._daily: tuple[int, int] | None = None  # (remaining, limit) as last seen
+        self._associations: list[Association] = []
+        self._others: dict[str, Properties] = {}  # other objects' properties, by name
 
     @property
     def key(self) -> str:
@@ -131,12 +138,48 @@ class HubSpotDestination(HttpDestination):
         if len(self.target.match_fields) > 1:
             raise ConfigError(Problem("HubSpot matches records on one property", key="match",
                                       fix="match on one unique-value property"))
-        writes = [n for n in names if n != self.key]
-        problems = self._properties.problems(writes, self.target.mode, self.key)
+        writes = [n for n in names if n != self.key and not associations.is_association(n)]
+        problems = [Problem(message, key=key, fix=fix) for key, message, fix in
+                    self._properties.problems(writes, self.target.mode, self.key)]
+        self._associations = []
+        for name in names:
+            if associations.is_association(name):
+                problem, association = self._association(name)
+                if problem is not None:
+                    problems.append(problem)
+                elif association is not None:
+                    self._associations.append(association)
         if problems:
-            raise ConfigError([Problem(message, key=key, fix=fix)
-                               for key, message, fix in problems])
+            raise ConfigError(problems)
         return self._properties
+
+    def _association(self, name: str) -> tuple[Problem | None, Association | None]:
+        """The association a field names, or the problem with it."""
+        try:
+            association = associations.parse(name)
+        except ValueError:
+            return Problem(f"field {name} names no association",
+                           key="fields", fix="map to associations.<objectType>.<property>, "
+                           "e.g. associations.companies.hs_object_id"), None
+        assert association is not None
+        if self.target.mode not in associations.MODES:
+            return Problem(f"mode {self.target.mode} cannot keep associations ({name})",
+                           key="mode", fix="use upsert, update or mirror: a record written "
+                           "again after its association failed must not be created twice"
+                           ), None
+        target = self._others.get(association.to)
+        if target is None:  # read once: the planner checks values chunk by chunk
+            target = self._others[association.to] = self.before_run(
+                "the properties request", lambda: self._fetch_properties(association.to))
+        if association.by == RECORD_ID or target.identifies(association.by):
+            return None, association
+        if association.by not in target.by_name:
+            why = f"{association.to} has no property {association.by}"
+        else:
+            why = f"{association.to}.{association.by} is not a unique-value property"
+        return Problem(f"{why}, so {name} cannot find the record to associate with",
+                       key="fields", fix=f"name a unique-value property of {association.to}, "
+                       f"or {RECORD_ID}"), None
 
     def _fetch_properties(self, object_type: str = "") -> Properties:
         object_type = object_type or self.target.object
@@ -157,14 +200,68 @@ class HubSpotDestination(HttpDestination):
         properties = self._properties or self._fetch_properties()
         keys = batch.keys
         rows, refused = self._rows(batch.table, properties)
+        linking = self._associations if batch.operation != "delete" else []
+        targets = self._targets(linking, rows, refused)
         rejected = {keys[i]: why for i, why in refused.items()}
         todo = [i for i in range(len(keys)) if i not in refused]
         if todo:
-            outcome = self._send_rows(batch.operation, [rows[i] for i in todo])
+            ids: dict[str, str] = {}
+            outcome = self._send_rows(batch.operation, [rows[i] for i in todo], ids)
+            written = []
             for i, why in zip(todo, outcome, strict=True):
                 if why is not None:
                     rejected[keys[i]] = why
+                else:
+                    written.append(i)
+            fold = self.key == "email"
+            for association in linking:
+                for i, why in self._associate(association, rows, written, targets[association],
+                                              ids, fold).items():
+                    rejected.setdefault(keys[i], why)
         return BatchResult(rejected=rejected)
+
+    def _targets(self, linking: list[Association], rows: list[dict[str, str]],
+                 refused: dict[int, str]) -> dict[Association, dict[str, str]]:
+        """Per association, the record ids of the records the rows name; a row naming a
+        record HubSpot does not have is refused (nothing of it is sent)."""
+        out: dict[Association, dict[str, str]] = {}
+        for association in linking:
+            values = sorted({rows[i][association.field] for i in range(len(rows))
+                             if i not in refused and rows[i][association.field]})
+            if association.by == RECORD_ID:
+                found = {v: v for v in values} if values else {}
+            else:
+                found = self._record_ids(values, association.to, association.by)
+            out[association] = found
+            for i, row in enumerate(rows):
+                value = row[association.field]
+                if i not in refused and value and value not in found:
+                    refused[i] = (f"no {association.to} record has {association.by} "
+                                  f"{value!r} to associate with")
+        return out
+
+    def _associate(self, association: Association, rows: list[dict[str, str]],
+                   written: list[int], targets: dict[str, str], ids: dict[str, str],
+                   fold: bool) -> dict[int, str]:
+        """Give each written row's record its association; the rows it failed for."""
+        todo = [(i, ids.get(_fold(rows[i][self.key], fold)), targets[rows[i][association.field]])
+                for i in written if rows[i][association.field]]
+        failed = {i: "HubSpot answered without this record's id" for i, a, _ in todo if a is None}
+        pairs = [(i, a, b) for i, a, b in todo if a is not None]
+        url = (f"{self.settings.base_url}/crm/v4/associations/{self.target.object}/"
+               f"{association.to}/batch/associate/default")
+        for start in range(0, len(pairs), MAX_INPUTS):
+            chunk = pairs[start:start + MAX_INPUTS]
+            ab = [(a, b) for _, a, b in chunk]
+            response = self._request("POST", url, json={"inputs": associations.inputs(ab)})
+            problem = self.classify(response)
+            outcome: _Outcome = (
+                [f"the association failed (HTTP {response.status_code}: "
+                 f"{_message(response)})"] * len(chunk) if problem is not None
+                else associations.outcome(_body(response), ab))
+            failed.update({i: why for (i, _, _), why in zip(chunk, outcome, strict=True)
+                           if why is not None})
+        return failed
 
     def _rows(self, table: pa.Table, properties: Properties
               ) -> tuple[list[dict[str, str]], dict[int, str]]:
@@ -195,7 +292,10 @@ class HubSpotDestination(HttpDestination):
                 for values in zip(*columns.values(), strict=True)]
         return rows or [{} for _ in range(table.num_rows)], refused
 
-    def _send_rows(self, operation: str, rows: list[dict[str, str]]) -> _Outcome:
+    def _send_rows(self, operation: str, rows: list[dict[str, str]],
+                   ids: dict[str, str] | None = None) -> _Outcome:
+        """Write the rows; per row None or HubSpot's reason. ``ids`` gets the record id
+        of each upserted or updated record, by its (folded) match value."""
         key = self.key
         if operation == "insert":
             inputs = [{"properties": _props(r), "associations": [],
@@ -210,14 +310,14 @@ class HubSpotDestination(HttpDestination):
                 item["idProperty"] = key
             inputs.append(item)
         return self._batch("upsert" if operation == "upsert" else "update", inputs,
-                           self._id_outcome)
+                           lambda doc, sent: self._id_outcome(doc, sent, ids))
 
     def _batch(self, action: str, inputs: list[dict[str, Any]],
                outcome_of: Callable[[dict[str, Any], list[dict[str, Any]]], _Outcome],
-               extra: dict[str, Any] | None = None) -> _Outcome:
+               extra: dict[str, Any] | None = None, object_type: str = "") -> _Outcome:
         """POST one batch request; per input, None when accepted or HubSpot's reason."""
-        response = self._request("POST", self._url(f"objects/{self.target.object}/batch/"
-                                                   f"{action}"),
+        object_type = object_type or self.target.object
+        response = self._request("POST", self._url(f"objects/{object_type}/batch/{action}"),
                                  json={"inputs": inputs, **(extra or {})})
         problem = self.classify(response)
         if problem is None:
@@ -228,8 +328,8 @@ class HubSpotDestination(HttpDestination):
             # which: halve it until the inputs at fault stand alone. Any other
             # refusal (a malformed request) would refuse every half too.
             half = len(inputs) // 2
-            return (self._batch(action, inputs[:half], outcome_of, extra)
-                    + self._batch(action, inputs[half:], outcome_of, extra))
+            return (self._batch(action, inputs[:half], outcome_of, extra, object_type)
+                    + self._batch(action, inputs[half:], outcome_of, extra, object_type))
         return [f"HTTP {response.status_code}: {_message(response)}"] * len(inputs)
 
     def _trace_outcome(self, doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
@@ -237,7 +337,8 @@ class HubSpotDestination(HttpDestination):
                         lambda r: str(r.get("objectWriteTraceId")), "objectWriteTraceId",
                         fold=False)
 
-    def _id_outcome(self, doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
+    def _id_outcome(self, doc: dict[str, Any], inputs: list[dict[str, Any]],
+                    ids: dict[str, str] | None = None) -> _Outcome:
         fold = self.key == "email"
         key = self.key
 
@@ -246,6 +347,9 @@ class HubSpotDestination(HttpDestination):
                 return str(result.get("id"))
             return str((result.get("properties") or {}).get(key, ""))
 
+        if ids is not None:
+            ids.update({_fold(result_ident(r), fold): str(r.get("id"))
+                        for r in doc.get("results") or []})
         return _outcome(doc, [str(i["id"]) for i in inputs], result_ident, "ids", fold=fold)
 
     def _archive(self, values: list[str]) -> _Outcome:
@@ -263,22 +367,25 @@ class HubSpotDestination(HttpDestination):
                 return [refusal] * len(values)
         return [None] * len(values)  # a record already gone is as deleted as it gets
 
-    def _record_ids(self, values: list[str]) -> dict[str, str]:
-        """Record ids by match value; values HubSpot cannot find are left out."""
-        fold = self.key == "email"
+    def _record_ids(self, values: list[str], object_type: str = "", prop: str = ""
+                    ) -> dict[str, str]:
+        """Record ids by the value of ``prop`` (the match property) of ``object_type``
+        (the sync's object); values HubSpot cannot find are left out."""
+        prop = prop or self.key
+        fold = prop == "email"
         found: dict[str, str] = {}
 
         def read(doc: dict[str, Any], inputs: list[dict[str, Any]]) -> _Outcome:
             for result in doc.get("results", []):
-                value = result.get("properties", {}).get(self.key)
+                value = result.get("properties", {}).get(prop)
                 if value is not None:
                     found[_fold(str(value), fold)] = str(result["id"])
             return [None] * len(inputs)
 
         for start in range(0, len(values), MAX_INPUTS):
             self._batch("read", [{"id": v} for v in values[start:start + MAX_INPUTS]], read,
-                        {"idProperty": self.key, "properties": [self.key],
-                         "propertiesWithHistory": []})
+                        {"idProperty": prop, "properties": [prop],
+                         "propertiesWithHistory": []}, object_type)
         return {v: found[_fold(v, fold)] for v in values if _fold(v, fold) in found}
 
     # HubSpot's signals -----------------------------------------------------------
@@ -338,7 +445,8 @@ class HubSpotDestination(HttpDestination):
 def _props(row: dict[str, str]) -> dict[str, str]:
     # The match value is written as a property too (not the record id, which HubSpot
     # assigns), so each result names the input it answers.
-    return {k: v for k, v in row.items() if k != RECORD_ID}
+    return {k: v for k, v in row.items()
+            if k != RECORD_ID and not associations.is_association(k)}
 
 
 def _outcome(doc: dict[str, Any], idents: list[str],
