@@ -229,7 +229,7 @@ class HubSpotDestination(HttpDestination):
             values = sorted({rows[i][association.field] for i in range(len(rows))
                              if i not in refused and rows[i][association.field]})
             if association.by == RECORD_ID:
-                found = {v: v for v in values} if values else {}
+                found = {v: v for v in values}
             else:
                 found = self._record_ids(values, association.to, association.by)
             out[association] = found

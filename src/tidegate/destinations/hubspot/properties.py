@@ -25,11 +25,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tidegate.destinations.columns import calendar_day, is_text, plain
+
 RECORD_ID = "hs_object_id"
 MAX_TEXT = 65_536
 _DAY_MS = 86_400_000
 _NUMBER = r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$"
-_ISO_DAY = r"^\d{4}-\d{2}-\d{2}$"
 _ISO_MOMENT = (r"^\d{4}-\d{2}-\d{2}[T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?"
                r"(Z|[+-]([01]\d|2[0-3]):?[0-5]\d)?$")
 _RECORD_ID_TEXT = r"^\d+$"
@@ -140,7 +141,7 @@ def screen(table: pa.Table, properties: Properties, key: str) -> pa.Array:
 
 
 def _match_reasons(column: pa.Array, key: str) -> pa.Array:
-    text = _text_or_nothing(_decoded(column))
+    text = _text_or_nothing(plain(column))
     empty = pc.or_(pc.is_null(text), pc.equal(text, ""))
     reasons = _reasons(empty, f"the match property {key} is empty")
     if key == RECORD_ID:
@@ -155,10 +156,9 @@ def convert(column: pa.Array | pa.ChunkedArray, info: PropertyInfo, *, email: bo
             ) -> tuple[pa.Array, pa.Array]:
     """``column`` as the strings HubSpot takes for ``info``, and per row the reason it cannot
     be sent (null where it can)."""
-    values = _decoded(column.combine_chunks() if isinstance(column, pa.ChunkedArray)
-                      else column)
+    values = plain(column)
     text, reasons = _convert(values, info, email=email)
-    if _is_text(values.type):  # empty text clears a property of any type, as a null does
+    if is_text(values.type):  # empty text clears a property of any type, as a null does
         blank = pc.fill_null(pc.equal(values, ""), False)
         reasons = pc.if_else(blank, pa.scalar(None, pa.string()), reasons)
         text = pc.if_else(blank, pa.scalar(""), text.cast(pa.string()))
@@ -229,7 +229,7 @@ def _as_date(values: pa.Array) -> tuple[pa.Array, pa.Array]:
         millis = _epoch_ms(values)
         off_midnight = pc.not_equal(millis, _floor_day(millis))
         return millis.cast(pa.string()), pc.fill_null(off_midnight, False)
-    if _is_text(values.type):
+    if is_text(values.type):
         millis = _day_millis(values)
         return millis.cast(pa.string()), pc.and_(pc.is_valid(values), pc.is_null(millis))
     return _text_or_nothing(values), pc.is_valid(values)
@@ -237,12 +237,7 @@ def _as_date(values: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 def _day_millis(text: pa.Array) -> pa.Array:
     """Epoch milliseconds of each ``YYYY-MM-DD`` text that is a day of the calendar, else null."""
-    day = pc.match_substring_regex(text, _ISO_DAY)
-    kept = pc.if_else(day, text, pa.scalar(None, pa.string()))
-    parsed = pc.strptime(kept, format="%Y-%m-%d", unit="ms", error_is_null=True)
-    # strptime rolls 2026-02-30 over into March: a day must read back as it was written.
-    exists = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), kept), False)
-    return pc.if_else(exists, parsed.cast(pa.int64()), pa.scalar(None, pa.int64()))
+    return calendar_day(text).cast(pa.timestamp("ms")).cast(pa.int64())
 
 
 def _as_datetime(values: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -250,11 +245,11 @@ def _as_datetime(values: pa.Array) -> tuple[pa.Array, pa.Array]:
         return _epoch_ms(values).cast(pa.string()), _no(values)
     if pa.types.is_date(values.type):
         return values.cast(pa.timestamp("ms")).cast(pa.int64()).cast(pa.string()), _no(values)
-    if _is_text(values.type):
+    if is_text(values.type):
         # HubSpot takes ISO 8601 as well as epoch milliseconds; text is sent as it is, once
         # its day is one of the calendar's.
         moment = pc.and_(pc.match_substring_regex(values, _ISO_MOMENT), pc.is_valid(
-            _day_millis(pc.utf8_slice_codeunits(values, 0, 10))))
+            calendar_day(pc.utf8_slice_codeunits(values, 0, 10))))
         ok = pc.or_(moment, pc.match_substring_regex(values, r"^-?\d{1,15}$"))
         return values, pc.and_(pc.is_valid(values), pc.invert(ok))
     return _text_or_nothing(values), pc.is_valid(values)
@@ -293,14 +288,6 @@ def _as_text(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     too_long = pc.greater(pc.utf8_length(text), MAX_TEXT)
     unsendable = pc.and_(pc.is_valid(values), pc.is_null(text))
     return text, pc.or_(pc.fill_null(too_long, False), unsendable)
-
-
-def _decoded(values: pa.Array) -> pa.Array:
-    return values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
-
-
-def _is_text(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _text_or_nothing(values: pa.Array) -> pa.Array:

@@ -33,11 +33,12 @@ from collections.abc import Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tidegate.destinations.columns import calendar_day, is_text, plain
+
 # Event fields Iterable takes at the top level; the rest of the mapping is dataFields.
 EVENT_TOP = ("eventName", "email", "userId", "createdAt", "campaignId", "templateId")
 _NUMBER = r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$"
 _WHOLE = r"^\s*[-+]?\d+\s*$"
-_DAY = r"^\d{4}-\d{2}-\d{2}"
 # An address some validator could take: a local part (quoted, or without white space,
 # "@" or quotes) and a dotted domain without white space or empty labels.
 _MAYBE_EMAIL = r'^("([^"\\]|\\.)*"|[^\s@"]+)@[^\s@.]+(\.[^\s@.]+)+$'
@@ -50,7 +51,7 @@ def users(table: pa.Table, key: str, field_types: Mapping[str, str]) -> pa.Array
     """Per row of a users or list sync's chunk, the first reason Iterable cannot take it."""
     reasons = _none(table.num_rows)
     for name in table.column_names:
-        column = _plain(table.column(name))
+        column = plain(table.column(name))
         if name == key:
             reasons = _first(reasons, identifier(column, key))
             continue
@@ -83,16 +84,16 @@ def events(table: pa.Table) -> pa.Array:
                                       "email is not an email address"))
     if "createdAt" in table.column_names:
         reasons = _first(reasons, _reason(
-            _not_a_moment(_plain(table.column("createdAt"))),
+            _not_a_moment(plain(table.column("createdAt"))),
             "createdAt must be a timestamp (or Unix seconds) for Iterable's createdAt"))
     for field in ("campaignId", "templateId"):
         if field in table.column_names:
-            reasons = _first(reasons, _reason(_not_whole(_plain(table.column(field))),
+            reasons = _first(reasons, _reason(_not_whole(plain(table.column(field))),
                                               f"{field} must be a whole number (an Iterable "
                                               f"{field})"))
     for field in table.column_names:
         if field not in (*EVENT_TOP, "id"):
-            reasons = _first(reasons, _json_reasons(_plain(table.column(field)), field))
+            reasons = _first(reasons, _json_reasons(plain(table.column(field)), field))
     return reasons
 
 
@@ -126,7 +127,7 @@ def _misfits(values: pa.Array, kind: str) -> pa.Array:
             kind == "date" and pa.types.is_time(t)) else _no(values)
     if pa.types.is_boolean(t):
         return valid if kind == "date" else _no(values)
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+    if not is_text(t):
         return _no(values)  # numbers: Iterable may coerce them into any scalar type
     text = pc.utf8_trim_whitespace(values)
     filled = pc.fill_null(text, "")
@@ -152,11 +153,11 @@ def _unsendable(values: pa.Array) -> pa.Array:
     if pa.types.is_map(t):  # its values count (keys become JSON text)
         values = pa.ListArray.from_arrays(values.offsets, values.items, mask=pc.is_null(values))
     if _is_list(values.type):
-        return _any_of_items(values, _unsendable(_plain(values.flatten())))
+        return _any_of_items(values, _unsendable(plain(values.flatten())))
     if pa.types.is_struct(t):
         hit = _no(values)
         for child in values.flatten():
-            hit = pc.or_(hit, _unsendable(_plain(child)))
+            hit = pc.or_(hit, _unsendable(plain(child)))
         return hit
     return _no(values)
 
@@ -179,7 +180,7 @@ def _not_whole(values: pa.Array) -> pa.Array:
     t = values.type
     if pa.types.is_integer(t) or pa.types.is_null(t):
         return _no(values)
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if is_text(t):
         return pc.fill_null(pc.invert(pc.match_substring_regex(values, _WHOLE)), False)
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
         number = values.cast(pa.float64())
@@ -190,12 +191,7 @@ def _not_whole(values: pa.Array) -> pa.Array:
 
 def _starts_with_a_day(text: pa.Array) -> pa.Array:
     """Whether each text begins with a ``YYYY-MM-DD`` that is a day of the calendar."""
-    day = pc.utf8_slice_codeunits(text, 0, 10)
-    shaped = pc.match_substring_regex(day, _DAY)
-    kept = pc.if_else(shaped, day, pa.scalar(None, pa.string()))
-    parsed = pc.strptime(kept, format="%Y-%m-%d", unit="s", error_is_null=True)
-    # strptime rolls 2026-02-30 over into March: a day must read back as it was written.
-    return pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), kept), False)
+    return pc.is_valid(calendar_day(pc.utf8_slice_codeunits(text, 0, 10)))
 
 
 # Helpers ---------------------------------------------------------------------------
@@ -216,7 +212,7 @@ def _any_of_items(lists: pa.Array, items: pa.Array) -> pa.Array:
 def _text(table: pa.Table, name: str) -> pa.Array:
     if name not in table.column_names:
         return pa.nulls(table.num_rows, pa.string())
-    return _as_text(_plain(table.column(name)))
+    return _as_text(plain(table.column(name)))
 
 
 def _as_text(values: pa.Array) -> pa.Array:
@@ -230,11 +226,6 @@ def _as_text(values: pa.Array) -> pa.Array:
 
 def _blank(text: pa.Array) -> pa.Array:
     return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), True)
-
-
-def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    whole = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    return whole.dictionary_decode() if pa.types.is_dictionary(whole.type) else whole
 
 
 def _is_list(t: pa.DataType) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tidegate.destinations.columns import calendar_day, plain
 from tidegate.destinations.salesforce.api import SalesforceApi
 from tidegate.errors import DestinationError
 
@@ -102,10 +103,7 @@ def convert(column: pa.Array | pa.ChunkedArray, info: FieldInfo) -> tuple[pa.Arr
     Never raises for a value: one that cannot become the field's type (text that is
     not a number, a date that does not exist, NaN) gets a reason, and its text is null.
     """
-    values = pa.chunked_array([column]).combine_chunks() if isinstance(
-        column, pa.Array) else column.combine_chunks()
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
+    values = plain(column)
     if pa.types.is_large_string(values.type):
         values = values.cast(pa.string())
     kind = info.type
@@ -212,11 +210,8 @@ def _as_bool(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
 def _as_date(values: pa.Array, info: FieldInfo) -> tuple[pa.Array, pa.Array]:
     reasons = _none(len(values))
     if pa.types.is_string(values.type):
-        parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
-        # strptime rolls 2024-02-30 over into March: a date must read back as written.
-        text = pc.strftime(parsed, format="%Y-%m-%d")
-        good = pc.fill_null(pc.equal(text, values), False)
-        reasons = _reason(pc.and_(pc.is_valid(values), pc.invert(good)),
+        text = pc.strftime(calendar_day(values), format="%Y-%m-%d")
+        reasons = _reason(pc.and_(pc.is_valid(values), pc.is_null(text)),
                           f"{info.name} is not a date (YYYY-MM-DD)", reasons)
         return _unless(text, reasons), reasons
     if pa.types.is_timestamp(values.type) and values.type.tz is not None:
