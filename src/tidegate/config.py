@@ -40,7 +40,7 @@ MODES: tuple[Mode, ...] = ("insert", "update", "upsert", "delete", "mirror")
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
 
 class DuckDBSourceConfig(Strict):
