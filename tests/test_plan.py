@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -138,6 +139,30 @@ def test_batches_respect_the_byte_limit() -> None:
                                                          strict=True))
         assert size <= 1000
     assert sum(len(o.batch) for o in outs) == 50
+
+
+def test_json_batches_read_their_records_from_documents_made_per_chunk() -> None:
+    """A JSON-only destination's batches carry documents made for many batches at once;
+    their bytes are exactly what joining each batch's keys and fields makes, across the
+    planner's read chunks (a batch can span two) and for deletes."""
+    before = [(i, "a", i % 4) for i in range(30_000)]
+    after = [(i, "b" if i % 3 else "a", i % 4) for i in range(5_000, 41_000)]
+    plan = Planner("s", sync("mirror")).plan(model(after), acknowledged(before, "mirror"))
+    seen: dict[str, int] = {}
+    for out in plan.outgoing(700, typed=False):
+        batch = out.batch
+        assert batch.documents is not None
+        joined = batch.joined_documents()
+        assert joined == dataclasses.replace(batch, documents=None).joined_documents()
+        records = json.loads(b"[" + joined + b"]")
+        assert [json.dumps(r["key"]) for r in records] == batch.keys
+        assert all(("fields" in r) == (batch.operation != "delete") for r in records)
+        seen[batch.operation] = seen.get(batch.operation, 0) + len(records)
+    plan.close()
+    old, new = {r[0]: r for r in before}, {r[0]: r for r in after}
+    assert seen == {"upsert": len(new.keys() - old.keys()),
+                    "update": sum(1 for k in new.keys() & old.keys() if new[k] != old[k]),
+                    "delete": len(old.keys() - new.keys())}
 
 
 def test_batch_ids_are_stable_for_the_same_content_and_differ_otherwise() -> None:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from conftest import SECRET
 from helpers import project, sync, warehouse
-from tidegate import Project, segments, state
+from tidegate import Project, audit, segments, state
 from tidegate.sandbox.webhook import WebhookReceiver
 from tidegate.store import MIGRATIONS, V1, Store
 
@@ -92,6 +92,28 @@ def test_state_keeps_the_acknowledged_record(tmp_path: Path, receiver: WebhookRe
         rows = state.records(p.store, "accounts")
     assert sorted(rows) == ["0", "1"]  # the rejected row is not in state
     assert json.loads(rows["1"] or "") == {"name": "acct 1", "score": 13}
+
+
+def test_records_an_older_store_compressed_with_lz4_still_read(
+        tmp_path: Path, receiver: WebhookReceiver) -> None:
+    warehouse(tmp_path / "warehouse.duckdb", 3)
+    project(tmp_path, {"hook": {"type": "webhook", "url": receiver.url,
+                                "secret": "${HOOK_SECRET}"}}, {"accounts": sync()})
+    run(tmp_path)
+    db = tmp_path / ".tidegate" / "state.db"
+    with closing(sqlite3.connect(db)) as conn, conn:
+        for table in ("tidegate_state_segments", "tidegate_changes"):
+            for rowid, blob in conn.execute(f"select rowid, records from {table}").fetchall():
+                lz4 = segments.encode(segments.decode(blob), "lz4")
+                assert lz4 != blob
+                conn.execute(f"update {table} set records = ? where rowid = ?", (lz4, rowid))
+    warehouse(tmp_path / "warehouse.duckdb", sql="update accounts set score = 99 where id = 1")
+    assert run(tmp_path)["delivered"] == {"created": 0, "updated": 1, "deleted": 0}
+    with Project.load(tmp_path, env={"HOOK_SECRET": SECRET}) as p:
+        rows = state.records(p.store, "accounts")
+        changed = audit.changes(p.store, 2)
+    assert json.loads(rows["0"] or "") == {"name": "acct 0", "score": 0}
+    assert [(c["key"], c["field"], c["old"], c["new"]) for c in changed] == [(1, "score", 13, 99)]
 
 
 def test_a_later_segment_supersedes_an_earlier_one(tmp_path: Path,

@@ -5,8 +5,8 @@ Each commit of acknowledged batches also appends what they changed to
 holding, per record, its key, what happened to it (created, updated, deleted)
 and the record as last delivered before, and apart from those the records as
 delivered now — the very bytes of the state segment the commit writes, unless
-fields are masked — as LZ4-compressed Arrow. Reading a run's changes splits each record into one row
-per field whose value differs.
+fields are masked — as compressed Arrow (``segments.CODEC``). Reading a run's
+changes splits each record into one row per field whose value differs.
 
 Fields listed under ``audit.mask`` are kept as salted hashes (``sha256:`` and
 16 hex digits): a change still shows as a change, but the value is not stored.
@@ -49,7 +49,7 @@ def append(
         "insert into tidegate_changes (run_id, sync, rows, created_at, changes, records) "
         "values (?, ?, ?, ?, ?, ?)",
         (run_id, sync, changes.num_rows, stamp,
-         segments.encode(changes.cast(CHANGES_SCHEMA), "lz4"), new_values),
+         segments.encode(changes.cast(CHANGES_SCHEMA), segments.CODEC), new_values),
     )
 
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tidegate.config import Mode, SyncConfig
-from tidegate.destinations.base import Batch, Operation
+from tidegate.destinations.base import Batch, Operation, record_documents, text_bytes
 from tidegate.errors import SourceError
 from tidegate.guard import RowCheck, row_checks
 from tidegate.shard import Shard
@@ -206,6 +206,9 @@ class Plan:
         carry: pa.Table | None = None
         for chunk in reader:
             table = pa.Table.from_batches([chunk])
+            if not typed:  # every batch's body is then a slice of this column's bytes
+                table = table.append_column("__doc", record_documents(
+                    table["__op"], table["__key"], table["__fields"]))
             if measure is not None and max_bytes is not None:
                 sizes = measure(table)
                 if sizes is not None:
@@ -224,22 +227,27 @@ class Plan:
     def _outgoing(self, table: pa.Table) -> Outgoing:
         op: Operation = table.column("__op")[0].as_py()
         keys = pa.concat_arrays(table.column("__key").chunks)  # offset 0: whole buffers
-        hashes = table.column("__hash").combine_chunks().fill_null(_ZERO)
+        hashes = table.column("__hash")
+        if hashes.null_count:
+            hashes = hashes.fill_null(_ZERO)
         # The id is derived from the content, so a batch resent after a crash
         # usually carries the same id; keys and hashes go in as their Arrow bytes.
+        # Python reads only buffer bounds here: a compute call per batch would hand
+        # the interpreter lock to another thread and wait to get it back.
         offsets, data = keys.buffers()[1:3]
-        used = pc.sum(pc.binary_length(keys)).as_py() or 0
         digest = hashlib.sha256(f"{self.sync}\n{op}\n".encode())
         digest.update(offsets.slice(0, (len(keys) + 1) * 4))
         if data is not None:
-            digest.update(data.slice(0, used))
-        digest.update(hashes.buffers()[1].slice(hashes.offset * 8, len(hashes) * 8))
+            digest.update(text_bytes(keys))
+        for part in hashes.chunks:
+            digest.update(part.buffers()[1].slice(part.offset * 8, len(part) * 8))
         batch = Batch(
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
             key_text=keys,
             table=table.select(self.record_fields if self._typed else []),
             fields=None if op == "delete" else table.column("__fields"),
+            documents=None if self._typed else table.column("__doc"),
         )
         audit = ["__audit_old", "__audit_new"] if self._mask else ["__old"]
         return Outgoing(batch=batch, meta=table.select(
@@ -438,7 +446,7 @@ class Planner:
         self._screen(con, list(record))
         holds = self._holds(con, checks)
         counts = self._counts(con)
-        to_send = self._send_view(con, record, mapped, keys)
+        to_send = self._send_view(con, record, mapped, keys, fresh=not state.num_rows)
         reasons = dict(
             con.execute(
                 "select __invalid, count(*) from m where __invalid is not null group by 1"
@@ -661,7 +669,11 @@ class Planner:
         record: dict[str, str],
         mapped: list[str],
         keys: list[str],
+        *,
+        fresh: bool = False,
     ) -> dict[Operation, int]:
+        """``fresh``: state is empty, so the diff holds exactly the valid model rows, all
+        added, and the view reads them from ``m`` without joining the diff."""
         sends = SENDS[self.sync.mode]
         op_case = "case d.__cat " + " ".join(
             f"when '{cat}' then '{op}'" for cat, op in sends.items()
@@ -676,13 +688,30 @@ class Planner:
         # What state last acknowledged for changed and removed keys: filled before
         # a run delivers (``Plan.load_old``), empty for a plan that is only shown.
         con.execute("create temp table old (key varchar primary key, record varchar)")
+        record_cols = ", ".join(_q(c) for c in record)
+        if fresh:
+            # A first run's send is most of its time to the first batch: no joins here.
+            con.execute(
+                f"""
+                create temp view send as
+                select __op, __ord, __cat, __key, __hash, {fields_json} as __fields, __old,
+                       {record_cols}
+                from (select {_lit(sends["added"])} as __op, {_OP_ORDER[sends["added"]]}
+                             as __ord, 'added' as __cat, __key, __hash, null::varchar as __old,
+                             {", ".join(f"m.{_q(c)}" for c in record)}
+                      from m where __invalid is null order by __key)
+                """
+            )
+            return dict(con.execute(
+                f"select {_lit(sends['added'])}, count(*) from diff having count(*) > 0"
+            ).fetchall())
         # JSON is made after the sort, so the sort moves narrow rows.
         con.execute(
             f"""
             create temp view send as
             select * from (select __op, __ord, __cat, __key, __hash,
                          case when {present} then {fields_json} end as __fields, __old,
-                         {", ".join(_q(c) for c in record)}
+                         {record_cols}
                   from (select {op_case} as __op, {ord_case} as __ord, d.__cat, d.__key,
                                d.__hash, o.record as __old, {cols}
                         from diff d left join m on m.rowid = d.__rid

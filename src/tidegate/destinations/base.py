@@ -38,10 +38,38 @@ ALL_MODES: frozenset[Mode] = frozenset(MODES)
 # optional converters (an import attempt) on every call.
 _COMMA, _NOTHING, _NO_FIELDS = pa.scalar(","), pa.scalar(""), pa.scalar("{}")
 _OPEN, _FIELDS, _CLOSE = pa.scalar('{"key":'), pa.scalar(',"fields":'), pa.scalar("}")
+_CLOSE_NEXT, _DELETE = pa.scalar("},"), pa.scalar("delete")
 
 
 def _whole(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def record_documents(
+    operations: pa.ChunkedArray, keys: pa.ChunkedArray, fields: pa.ChunkedArray
+) -> pa.ChunkedArray:
+    """Per row, tidegate's JSON record document and a comma: ``{"key":K,"fields":F},``
+    (``{"key":K},`` for a delete), from the key's and the fields' JSON text.
+
+    The planner makes them for many batches at once (``Batch.documents``), so that
+    a batch's records are one slice of their bytes.
+    """
+    whole = pc.binary_join_element_wise(
+        _OPEN, keys, _FIELDS, fields.fill_null(_NO_FIELDS), _CLOSE_NEXT, _NOTHING)
+    deleting = pc.equal(operations, _DELETE)
+    if not pc.any(deleting).as_py():
+        return whole
+    return pc.if_else(deleting, pc.binary_join_element_wise(_OPEN, keys, _CLOSE_NEXT, _NOTHING),
+                      whole)
+
+
+def text_bytes(values: pa.Array) -> memoryview:
+    """The bytes of a string array's values, end to end, read from its buffers."""
+    offsets, data = values.buffers()[1:3]
+    if data is None or not len(values):
+        return memoryview(b"")
+    bounds = memoryview(offsets).cast("q" if pa.types.is_large_string(values.type) else "i")
+    return memoryview(data)[bounds[values.offset]:bounds[values.offset + len(values)]]
 
 
 class DestinationConfig(BaseModel):
@@ -105,6 +133,9 @@ class Batch:
     key_text: pa.Array | pa.ChunkedArray
     table: pa.Table
     fields: pa.Array | pa.ChunkedArray | None = None
+    # Each record's document followed by a comma (``record_documents``), when the
+    # planner made them; ``joined_documents`` then only reads their bytes.
+    documents: pa.Array | pa.ChunkedArray | None = None
 
     def __len__(self) -> int:
         return len(self.key_text)
@@ -126,6 +157,14 @@ class Batch:
         Made in Arrow from the keys' and fields' JSON text, with no Python string
         per record and no JSON decoded.
         """
+        if self.documents is not None:
+            chunks = (self.documents.chunks if isinstance(self.documents, pa.ChunkedArray)
+                      else [self.documents])
+            views = [text_bytes(chunk) for chunk in chunks if len(chunk)]
+            if not views:
+                return b""
+            views[-1] = views[-1][:-1]  # the last record's comma
+            return b"".join(views)
         keys = _whole(self.key_text)
         if self.operation == "delete" or self.fields is None:
             docs = pc.binary_join_element_wise(_OPEN, keys, _CLOSE, _NOTHING)
