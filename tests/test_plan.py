@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tidegate import plandb
 from tidegate.config import SyncConfig
 from tidegate.plan import SENDS, MappingProblem, Planner
 from tidegate.state import STATE_SCHEMA
@@ -194,3 +198,51 @@ def test_an_empty_model_plans_everything_known_as_removed() -> None:
     assert out.batch.operation == "delete"
     assert out.batch.table.column("id").to_pylist() == [1, 2]
     plan.close()
+
+
+def _closed(con: duckdb.DuckDBPyConnection, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            con.execute("select 1")
+        except duckdb.ConnectionException:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_closing_a_plan_removes_its_work_folder_whether_it_spilled_or_not(
+        tmp_path: Path) -> None:
+    small = Planner("s", sync(), workdir=tmp_path).plan(model([(1, "a", 1)]),
+                                                        STATE_SCHEMA.empty_table())
+    folder = small._workdir
+    assert folder is not None and folder.exists()
+    small.close()  # nothing spilled: the database closes on another thread
+    assert not folder.exists()
+    assert _closed(small.con)
+
+    n = 400_000
+    wide = pa.table({"id": pa.array(range(n), pa.int64()),
+                     "name": pa.array([f"{'x' * 60}{i}" for i in range(n)]),
+                     "score": pa.array([i % 7 for i in range(n)], pa.int32())})
+    big = Planner("s", sync(), workdir=tmp_path, memory_limit="24MB").plan(
+        wide.to_reader(), STATE_SCHEMA.empty_table())
+    folder = big._workdir
+    assert folder is not None and any((folder / "spill").iterdir())  # past the limit
+    big.close()
+    assert not folder.exists()
+    with pytest.raises(duckdb.ConnectionException):  # closed before close() returned
+        big.con.execute("select 1")
+
+
+def test_a_database_opened_ahead_is_the_next_plans_and_only_one_waits() -> None:
+    plandb.open_ahead()
+    plandb.open_ahead()  # one is already being made: nothing more
+    assert len(plandb._ahead) == 1
+    first = plandb.connect()
+    assert not plandb._ahead
+    assert first.execute("select count(*) from duckdb_tables()").fetchall() == [(0,)]
+    second = plandb.connect()  # none waits: made on the spot
+    assert second is not first
+    first.close()
+    second.close()

@@ -30,7 +30,7 @@ with quietly(freeze=True):  # this process is the command's own
     from rich.markup import escape
     from rich.table import Table
 
-    from tidegate import __version__
+    from tidegate import __version__, plandb
     from tidegate.errors import ConfigError, TidegateError
     from tidegate.progress import NullReporter, Reporter, RichReporter
     from tidegate.project import Project
@@ -185,6 +185,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a run would do: counts, sample rows per category. Sends nothing."""
+    plandb.open_ahead()
     proj = _load(project, as_json)
 
     def go() -> int:
@@ -219,6 +220,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Plan, judge and deliver syncs, with a progress bar and a summary table."""
+    plandb.open_ahead()
     proj = _load(project, as_json)
     names = sorted(proj.syncs) if all_syncs else list(syncs or [])
     if select:

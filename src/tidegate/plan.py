@@ -30,6 +30,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tidegate import plandb
 from tidegate.config import Mode, SyncConfig
 from tidegate.destinations.base import Batch, Operation, record_documents, text_bytes
 from tidegate.errors import SourceError
@@ -311,7 +312,12 @@ class Plan:
             cur.close()
 
     def close(self) -> None:
-        self.con.close()
+        spilled = (self._workdir is not None and self._workdir.exists()
+                   and any(self._workdir.iterdir()))
+        if spilled:  # DuckDB removes its spill files as it closes: wait for that
+            self.con.close()
+        else:
+            plandb.close_behind(self.con)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -359,10 +365,10 @@ class Planner:
             workdir = Path(tempfile.mkdtemp(prefix="plan-", dir=self.workdir))
             # In memory, spilling to the work folder past the memory limit: a database
             # file would only add its creation and removal to every run.
-            con = duckdb.connect()
+            con = plandb.connect()
             con.execute(f"set temp_directory = '{workdir / 'spill'}'")
         else:
-            con = duckdb.connect()
+            con = plandb.connect()
         con.execute(f"set memory_limit = '{self.memory_limit}'")
         con.execute("set enable_progress_bar = false")
         con.execute("set preserve_insertion_order = false")
