@@ -13,16 +13,21 @@ neither needs to wait on the thread that plans:
   record is finished and the summary printed meanwhile. Only a database that
   never spilled to disk goes this way (see ``Plan.close``): nothing is left for
   a process that exits first to leave behind.
+
+An interpreter that shuts down waits for these threads (DuckDB must not be torn
+down under it); the command line ends with ``os._exit`` and does not.
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 import duckdb
 
 _lock = threading.Lock()
 _ahead: list[tuple[threading.Thread, list[duckdb.DuckDBPyConnection]]] = []
+_behind: list[threading.Thread] = []
 
 
 def open_ahead() -> None:
@@ -33,8 +38,8 @@ def open_ahead() -> None:
         made: list[duckdb.DuckDBPyConnection] = []
         thread = threading.Thread(target=lambda: made.append(duckdb.connect()),
                                   name="tidegate-duckdb-open", daemon=True)
+        thread.start()
         _ahead.append((thread, made))
-    thread.start()
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -51,4 +56,16 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 def close_behind(con: duckdb.DuckDBPyConnection) -> None:
     """Close ``con`` on another thread; the caller goes on at once."""
-    threading.Thread(target=con.close, name="tidegate-duckdb-close", daemon=True).start()
+    thread = threading.Thread(target=con.close, name="tidegate-duckdb-close", daemon=True)
+    with _lock:
+        _behind[:] = [t for t in _behind if t.is_alive()]
+        thread.start()
+        _behind.append(thread)
+
+
+@atexit.register
+def _settle() -> None:
+    with _lock:
+        threads = [t for t, _ in _ahead] + _behind
+    for thread in threads:
+        thread.join()
