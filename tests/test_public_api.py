@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import tidegate
 import tidegate.destinations
+from conftest import SECRET
 
 
 def test_top_level_exports_are_complete_and_importable() -> None:
@@ -59,3 +63,38 @@ def test_a_duckdb_project_runs_without_importing_sqlalchemy(tmp_path: object) ->
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_webhook_run_on_the_command_line_imports_only_what_it_uses(
+        tmp_path: Path, receiver: Any) -> None:
+    """Libraries that happen to be installed must not be imported by a run that never uses
+    them: httpx's own command line (click, pygments), dateutil (for pyarrow's type
+    guessing), SQLAlchemy. Each costs every command milliseconds."""
+    import subprocess
+    import sys
+
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute("create table t as select i as id, 'n' || i as name from range(50) t(i)")
+    (tmp_path / "tidegate.yml").write_text(
+        "sources: {w: {type: duckdb, path: w.duckdb}}\n"
+        f"destinations: {{h: {{type: webhook, url: '{receiver.url}', secret: '{SECRET}'}}}}\n"
+        "syncs: {s: {source: w, table: t, primary_key: id, destination: h, object: o, "
+        "mode: upsert}}\n")
+    code = (
+        "import os, sys\n"
+        "import tidegate.cli as cli\n"
+        "def leave(code):\n"
+        "    unwanted = ('sqlalchemy', 'dateutil', 'click', 'pygments', 'httpx._main')\n"
+        "    print(code, sorted(m for m in unwanted if sys.modules.get(m) is not None))\n"
+        "    sys.stdout.flush()\n"
+        "    os._exit(code)\n"
+        "cli._leave = leave\n"
+        "sys.argv = ['tidegate', 'run', 's', '--project', sys.argv[1]]\n"
+        "cli.main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert len(receiver.records("o")) == 50

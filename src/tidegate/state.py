@@ -122,11 +122,12 @@ def _all_true(rows: int) -> pa.Array:
 
 # Compute functions get Arrow scalars: given a Python value, pyarrow looks for
 # optional converters (an import attempt) on every call.
-_TRUE = pa.scalar(True)
-_ADDED = pa.scalar("added")
-_REMOVED = pa.scalar("removed")
-_CREATED, _UPDATED, _DELETED = (pa.scalar(w) for w in ("created", "updated", "deleted"))
-_OPS = {op: pa.scalar(op) for op in ("insert", "update", "upsert", "delete")}
+_TRUE = pa.scalar(True, pa.bool_())
+_ADDED = pa.scalar("added", pa.string())
+_REMOVED = pa.scalar("removed", pa.string())
+_CREATED, _UPDATED, _DELETED = (pa.scalar(w, pa.string())
+                                for w in ("created", "updated", "deleted"))
+_OPS = {op: pa.scalar(op, pa.string()) for op in ("insert", "update", "upsert", "delete")}
 
 
 def _latest(table: pa.Table, columns: list[str]) -> pa.Table:

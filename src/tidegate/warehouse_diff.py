@@ -63,8 +63,8 @@ log = logging.getLogger("tidegate")
 SCHEMA = "tidegate_state"
 VERSIONS = f"{SCHEMA}.tidegate_versions"
 HASH_COLUMN = "__tidegate_hash"
-_REMOVED = pa.scalar("removed")
-_ADDED = pa.scalar("added")
+_REMOVED = pa.scalar("removed", pa.string())
+_ADDED = pa.scalar("added", pa.string())
 
 
 class Unsupported(Exception):
