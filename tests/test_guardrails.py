@@ -356,11 +356,11 @@ def test_brackets_in_values_and_errors_print_as_they_are(project_dir: Path,
                                                         receiver: WebhookReceiver) -> None:
     opportunities(project_dir)
     setup_project(project_dir, receiver)
-    receiver.reject_keys([7], "tag [red] and [bold]x")
+    receiver.reject_keys([7], "tag [red] and [bold]x :x: :smile:")
     result = run(project_dir)
     assert result["rejected"] == 1
     shown = cli("show", str(result["run_id"]), "--project", str(project_dir), env=ENV)
-    assert "tag [red] and [bold]x" in shown.stdout
+    assert "tag [red] and [bold]x :x: :smile:" in shown.stdout  # no markup, no emoji
 
 
 def revert(root: Path, run_id: int, **options: Any) -> dict[str, Any]:

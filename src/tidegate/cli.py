@@ -52,8 +52,11 @@ sandbox_app = typer.Typer(help="Local servers that follow a destination's contra
 app.add_typer(sandbox_app, name="sandbox")
 
 # Tables stay readable when stdout is a pipe or a CI log, where rich would assume 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji codes: a sync or an error that says ":x:" must print as it is (and rich's
+# table of codes is a few milliseconds of every command to load).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160,
+              emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.",
                                           show_default="current folder")]
