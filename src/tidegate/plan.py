@@ -436,23 +436,26 @@ class Planner:
             raise
         finally:
             self._close_model(con, model)
-        con.execute(
-            "create temp table dups as select __key, count(*) as n from m "
-            "where __invalid is null group by __key having count(*) > 1"
-        )
-        if con.execute("select count(*) from dups").fetchall() != [(0,)]:
+        # Keys are nearly always unique: one count says so without grouping into a table.
+        if con.execute("select count(*) <> count(distinct __key) from m "
+                       "where __invalid is null").fetchall() == [(True,)]:
+            con.execute(
+                "create temp table dups as select __key, count(*) as n from m "
+                "where __invalid is null group by __key having count(*) > 1"
+            )
             con.execute(
                 "update m set __invalid = 'primary key appears ' || dups.n || ' times in the model'"
                 " from dups where m.__key = dups.__key"
             )
         checks = self._row_checks(con, set(record))
         con.register("st", state)
-        self._diff(con, full)
+        fresh = not state.num_rows
+        self._diff(con, full, fresh=fresh)
         con.unregister("st")
-        self._screen(con, list(record))
+        self._screen(con, list(record), fresh=fresh)
         holds = self._holds(con, checks)
         counts = self._counts(con)
-        to_send = self._send_view(con, record, mapped, keys, fresh=not state.num_rows)
+        to_send = self._send_view(con, record, mapped, keys, fresh=fresh)
         reasons = dict(
             con.execute(
                 "select __invalid, count(*) from m where __invalid is not null group by 1"
@@ -506,7 +509,8 @@ class Planner:
                 )
         return [r for r in rules if r.hold]
 
-    def _screen(self, con: duckdb.DuckDBPyConnection, record: list[str]) -> None:
+    def _screen(self, con: duckdb.DuckDBPyConnection, record: list[str], *,
+                fresh: bool = False) -> None:
         """Rows the destination's schema cannot take become invalid and leave the diff.
 
         Only rows the mode sends with values (not deletes) are shown to ``screen``, a
@@ -533,7 +537,8 @@ class Planner:
         con.register("screened", screened)
         con.execute("update m set __invalid = s.reason from screened s "
                     "where m.__key = s.key and m.__invalid is null")
-        con.execute("delete from diff where __key in (select key from screened)")
+        if not fresh:  # a fresh diff is a view of the valid rows of ``m``
+            con.execute("delete from diff where __key in (select key from screened)")
         con.unregister("screened")
 
     def _holds(
@@ -625,12 +630,20 @@ class Planner:
             invalid=invalid,
         )
 
-    def _diff(self, con: duckdb.DuckDBPyConnection, full: bool) -> None:
+    def _diff(self, con: duckdb.DuckDBPyConnection, full: bool, *, fresh: bool = False) -> None:
         """One join with state keeps every key whose fate is not "unchanged".
 
         Only keys, hashes and the model row's id are kept: the record itself is
         read from ``m`` when it is sent, so a first run does not copy the model.
+        Against empty state (``fresh``) every valid row is added: ``diff`` is then
+        a view of them, which rows found invalid later leave by themselves.
         """
+        if fresh:
+            con.execute(
+                "create temp view diff as select __key, 'added' as __cat, __hash, "
+                "rowid as __rid from m where __invalid is null"
+            )
+            return
         changed = "true" if full else "v.__hash <> s.hash"
         con.execute(
             f"""
