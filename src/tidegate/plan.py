@@ -235,13 +235,14 @@ class Plan:
         # usually carries the same id; keys and hashes go in as their Arrow bytes.
         # Python reads only buffer bounds here: a compute call per batch would hand
         # the interpreter lock to another thread and wait to get it back.
-        offsets, data = keys.buffers()[1:3]
-        digest = hashlib.sha256(f"{self.sync}\n{op}\n".encode())
-        digest.update(offsets.slice(0, (len(keys) + 1) * 4))
-        if data is not None:
-            digest.update(text_bytes(keys))
-        for part in hashes.chunks:
-            digest.update(part.buffers()[1].slice(part.offset * 8, len(part) * 8))
+        # Joined first: hashlib lets go of the lock for each large update.
+        content = b"".join([
+            f"{self.sync}\n{op}\n".encode(),
+            keys.buffers()[1].slice(0, (len(keys) + 1) * 4),
+            text_bytes(keys),
+            *(part.buffers()[1].slice(part.offset * 8, len(part) * 8) for part in hashes.chunks),
+        ])
+        digest = hashlib.sha256(content)
         batch = Batch(
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
