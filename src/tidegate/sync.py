@@ -31,10 +31,10 @@ from tidegate.revert import Revert
 from tidegate.revert import prepare as prepare_revert
 from tidegate.shard import Shard
 from tidegate.sources import ModelQueryError, Source
-from tidegate.warehouse_diff import WarehouseDiff, plan_in_warehouse
 
 if TYPE_CHECKING:
     from tidegate.project import Project
+    from tidegate.warehouse_diff import WarehouseDiff
 
 log = logging.getLogger("tidegate")
 Screen = Callable[[pa.Table], pa.Array | None]
@@ -380,6 +380,8 @@ def _plan_with(
                     "warehouse` keeps one copy of state for the whole sync", name)
     elif undo is None and sync.diff == "warehouse":
         log.info("planning %s in source %s", name, sync.source)
+        from tidegate.warehouse_diff import plan_in_warehouse  # only syncs that ask load it
+
         made = plan_in_warehouse(project, name, sync, source, planner, full=full)
         if made is not None:
             return made
