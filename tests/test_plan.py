@@ -225,8 +225,10 @@ def test_closing_a_plan_removes_its_work_folder_whether_it_spilled_or_not(
     wide = pa.table({"id": pa.array(range(n), pa.int64()),
                      "name": pa.array([f"{'x' * 60}{i}" for i in range(n)]),
                      "score": pa.array([i % 7 for i in range(n)], pa.int32())})
-    big = Planner("s", sync(), workdir=tmp_path, memory_limit="24MB").plan(
+    # Keyed by the wide column: checking keys for duplicates must spill too.
+    big = Planner("s", sync(primary_key="name"), workdir=tmp_path, memory_limit="24MB").plan(
         wide.to_reader(), STATE_SCHEMA.empty_table())
+    assert big.counts.added == n and not big.counts.invalid
     folder = big._workdir
     assert folder is not None and any((folder / "spill").iterdir())  # past the limit
     big.close()

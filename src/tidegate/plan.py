@@ -437,13 +437,11 @@ class Planner:
             raise
         finally:
             self._close_model(con, model)
-        # Keys are nearly always unique: one count says so without grouping into a table.
-        if con.execute("select count(*) <> count(distinct __key) from m "
-                       "where __invalid is null").fetchall() == [(True,)]:
-            con.execute(
-                "create temp table dups as select __key, count(*) as n from m "
-                "where __invalid is null group by __key having count(*) > 1"
-            )
+        con.execute(
+            "create temp table dups as select __key, count(*) as n from m "
+            "where __invalid is null group by __key having count(*) > 1"
+        )
+        if con.execute("select count(*) from dups").fetchall() != [(0,)]:
             con.execute(
                 "update m set __invalid = 'primary key appears ' || dups.n || ' times in the model'"
                 " from dups where m.__key = dups.__key"
