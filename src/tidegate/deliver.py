@@ -24,10 +24,7 @@ from tidegate.plan import Outgoing
 from tidegate.redact import redact
 
 Sleep = Callable[[float], None]
-# Records acknowledged and not yet committed, at most (about). A commit can take tens
-# of milliseconds when SQLite checkpoints its log; a small bound would stop cutting
-# behind it while the senders sit idle. These wait as Arrow: tens of megabytes.
-_WAITING_ROWS = 100_000
+_WAITING_ROWS = 20_000  # records acknowledged and not yet committed, at most (about)
 
 
 class TokenBucket:
@@ -116,7 +113,7 @@ class Deliverer:
         # Settled batches wait in memory for their commit; past this many (or this
         # many records, for large batches), no new batch is cut until the commit in
         # flight is done.
-        most_waiting = 40 * ahead
+        most_waiting = 8 * ahead
         with ThreadPoolExecutor(1, thread_name_prefix="tidegate-commit") as committer, \
                 ThreadPoolExecutor(self.concurrency, thread_name_prefix="tidegate-send") as pool:
             pending: dict[Future[BatchResult], Outgoing] = {}
