@@ -41,11 +41,17 @@ def test_builtin_destinations_are_found_through_entry_points() -> None:
                                                    "Capabilities", "load", "kinds"}
 
 
-def test_a_duckdb_project_runs_without_importing_sqlalchemy(tmp_path: object) -> None:
-    """SQLAlchemy is for SQLAlchemy sources; every other run must not pay its import."""
+def fresh_python(code: str, root: object) -> str:
+    """What ``code`` prints in a new interpreter, given ``root`` as its argument."""
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_a_duckdb_project_runs_without_importing_sqlalchemy(tmp_path: object) -> None:
+    """SQLAlchemy is for SQLAlchemy sources; every other run must not pay its import."""
     code = (
         "import sys, pathlib, duckdb\n"
         "root = pathlib.Path(sys.argv[1])\n"
@@ -60,9 +66,7 @@ def test_a_duckdb_project_runs_without_importing_sqlalchemy(tmp_path: object) ->
         "assert tidegate.Project.load(root).run('s')['status'] == 'succeeded'\n"
         "print('sqlalchemy' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code, tmp_path) == "False"
 
 
 def test_a_webhook_run_on_the_command_line_imports_only_what_it_uses(
@@ -70,9 +74,6 @@ def test_a_webhook_run_on_the_command_line_imports_only_what_it_uses(
     """Modules a run never uses must not be imported by it: httpx's own command line
     (click, pygments), dateutil (for pyarrow's type guessing), SQLAlchemy, rich's emoji
     codes, the warehouse diff. Each costs every command milliseconds."""
-    import subprocess
-    import sys
-
     import duckdb
 
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
@@ -95,7 +96,5 @@ def test_a_webhook_run_on_the_command_line_imports_only_what_it_uses(
         "sys.argv = ['tidegate', 'run', 's', '--project', sys.argv[1]]\n"
         "cli.main()\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert fresh_python(code, tmp_path).splitlines()[-1] == "0 []"
     assert len(receiver.records("o")) == 50

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,8 +38,8 @@ ALL_MODES: frozenset[Mode] = frozenset(MODES)
 # optional converters (an import attempt) on every call.
 # Typed, too: an untyped scalar makes pyarrow import dateutil, if installed, to see
 # whether the value is one of its types (about 9 ms, once).
-_COMMA, _NOTHING, _NO_FIELDS = (pa.scalar(t, pa.string()) for t in (",", "", "{}"))
-_OPEN, _FIELDS, _CLOSE = (pa.scalar(t, pa.string()) for t in ('{"key":', ',"fields":', "}"))
+_NOTHING, _NO_FIELDS = pa.scalar("", pa.string()), pa.scalar("{}", pa.string())
+_OPEN, _FIELDS = pa.scalar('{"key":', pa.string()), pa.scalar(',"fields":', pa.string())
 _CLOSE_NEXT, _DELETE = pa.scalar("},", pa.string()), pa.scalar("delete", pa.string())
 
 
@@ -47,22 +47,24 @@ def _whole(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
-def record_documents(
-    operations: pa.ChunkedArray, keys: pa.ChunkedArray, fields: pa.ChunkedArray
-) -> pa.ChunkedArray:
+_Text: TypeAlias = pa.Array | pa.ChunkedArray
+
+
+def record_documents(operations: _Text, keys: _Text, fields: _Text) -> _Text:
     """Per row, tidegate's JSON record document and a comma: ``{"key":K,"fields":F},``
     (``{"key":K},`` for a delete), from the key's and the fields' JSON text.
 
     The planner makes them for many batches at once (``Batch.documents``), so that
     a batch's records are one slice of their bytes.
     """
-    whole = pc.binary_join_element_wise(
-        _OPEN, keys, _FIELDS, fields.fill_null(_NO_FIELDS), _CLOSE_NEXT, _NOTHING)
+    whole: _Text = pc.binary_join_element_wise(
+        _OPEN, keys, _FIELDS, pc.fill_null(fields, _NO_FIELDS), _CLOSE_NEXT, _NOTHING)
     deleting = pc.equal(operations, _DELETE)
     if not pc.any(deleting).as_py():
         return whole
-    return pc.if_else(deleting, pc.binary_join_element_wise(_OPEN, keys, _CLOSE_NEXT, _NOTHING),
-                      whole)
+    mixed: _Text = pc.if_else(
+        deleting, pc.binary_join_element_wise(_OPEN, keys, _CLOSE_NEXT, _NOTHING), whole)
+    return mixed
 
 
 def text_bytes(values: pa.Array) -> memoryview:
@@ -156,26 +158,22 @@ class Batch:
         """Every record as tidegate's JSON record document, ``{"key": …, "fields": …}``
         (``{"key": …}`` in a delete), comma-separated UTF-8: a JSON array's inside.
 
-        Made in Arrow from the keys' and fields' JSON text, with no Python string
-        per record and no JSON decoded.
+        Read from ``documents`` (``record_documents``, made in Arrow from the keys' and
+        fields' JSON text), with no Python string per record and no JSON decoded.
         """
-        if self.documents is not None:
-            chunks = (self.documents.chunks if isinstance(self.documents, pa.ChunkedArray)
-                      else [self.documents])
-            views = [text_bytes(chunk) for chunk in chunks if len(chunk)]
-            if not views:
-                return b""
-            views[-1] = views[-1][:-1]  # the last record's comma
-            return b"".join(views)
-        keys = _whole(self.key_text)
-        if self.operation == "delete" or self.fields is None:
-            docs = pc.binary_join_element_wise(_OPEN, keys, _CLOSE, _NOTHING)
-        else:
-            fields = _whole(self.fields).fill_null(_NO_FIELDS)
-            docs = pc.binary_join_element_wise(_OPEN, keys, _FIELDS, fields, _CLOSE, _NOTHING)
-        whole = pa.ListArray.from_arrays(pa.array([0, len(docs)], pa.int32()), docs)
-        joined = pc.binary_join(whole, _COMMA)[0]
-        return joined.as_buffer().to_pybytes() if joined.is_valid else b""
+        documents = self.documents
+        if documents is None:  # a batch made by hand (a plugin's test): the same, made here
+            n, bare = len(self), self.operation == "delete" or self.fields is None
+            documents = record_documents(
+                pa.repeat(pa.scalar("delete" if bare else self.operation, pa.string()), n),
+                _whole(self.key_text),
+                pa.nulls(n, pa.string()) if self.fields is None else _whole(self.fields))
+        chunks = documents.chunks if isinstance(documents, pa.ChunkedArray) else [documents]
+        views = [text_bytes(chunk) for chunk in chunks if len(chunk)]
+        if not views:
+            return b""
+        views[-1] = views[-1][:-1]  # the last record's comma
+        return b"".join(views)
 
     @cached_property
     def key_values(self) -> list[Any]:
