@@ -7,8 +7,11 @@ chunked bodies), and it answers ``200 {}`` as soon as a body is in. Each body is
 parsed as JSON only to count its records: a top-level array, an object's
 ``records`` list (tidegate's ``tidegate.batch`` document), an object's first
 list-valued member (any other batch wrapper), else one record. It parses with
-orjson: the standard library's parser takes about a millisecond per
-1,000-record body, which would make the receiver the slowest part of a run.
+simdjson (pysimdjson), which validates the whole document but makes Python
+objects only for what counting reads: a 1,000-record body (about 120 KB) takes
+it about 0.07 ms, orjson 0.4 ms (building every record as a dict), the
+standard library's parser a millisecond. Any of the latter two would make the
+receiver the slowest part of a run with several requests in flight.
 
     GET  /stats   the counts as JSON
     POST /reset   zero the counts; answers the counts from before
@@ -31,7 +34,7 @@ import threading
 import time
 from typing import Any
 
-import orjson
+import simdjson
 
 _OK = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
        b"content-length: 2\r\n\r\n{}")
@@ -43,16 +46,22 @@ _OK_CLOSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
 _STREAM_LIMIT = 1 << 20
 
 
+# One parser, reused: the receiver parses on its event loop's thread only.
+_PARSER = simdjson.Parser()
+
+
 def count_records(body: bytes) -> int:
     """How many records one delivery body holds; ``ValueError`` if it is not JSON."""
     if not body.strip():
         return 0
-    doc: Any = orjson.loads(body)
-    if isinstance(doc, list):
+    # The document's proxies must be gone before the parser is used again: they
+    # live only in this call.
+    doc: Any = _PARSER.parse(body)
+    if isinstance(doc, simdjson.Array):
         return len(doc)
-    if isinstance(doc, dict):
+    if isinstance(doc, simdjson.Object):
         records = doc.get("records")
-        if isinstance(records, list):
+        if isinstance(records, simdjson.Array):
             return len(records)
         for value in doc.values():
             if isinstance(value, list):
