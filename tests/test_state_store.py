@@ -12,7 +12,9 @@ import sqlalchemy as sa
 
 from conftest import SECRET
 from helpers import project, sync, warehouse
-from tidegate import Project, audit, segments, state
+from tidegate import Project, audit, runs, segments, state
+from tidegate.destinations.base import Batch
+from tidegate.plan import Outgoing
 from tidegate.sandbox.webhook import WebhookReceiver
 from tidegate.store import MIGRATIONS, V1, Store
 
@@ -277,3 +279,51 @@ def test_a_destination_learns_what_the_run_sends(tmp_path: Path,
         journal.put("x", "y")
         assert p.destination("accounts").target.journal.get("x") == "y"  # type: ignore[union-attr]
         destination.close()
+
+
+def _acknowledged(operation: str, rows: list[tuple[str, str, str | None]]) -> Outgoing:
+    """A batch of (key, category, fields JSON) as the planner would cut it."""
+    keys = [k for k, _, _ in rows]
+    batch = Batch(id=f"{operation}-{keys[0]}", operation=operation,  # type: ignore[arg-type]
+                  key_text=pa.array(keys, pa.string()), table=pa.table({}))
+    meta = pa.table({"__key": pa.array(keys, pa.string()),
+                     "__hash": pa.array([len(k) for k in keys], pa.int64()),
+                     "__cat": pa.array([c for _, c, _ in rows], pa.string()),
+                     "__fields": pa.array([f for _, _, f in rows], pa.string()),
+                     "__old": pa.array([None] * len(rows), pa.string())})
+    return Outgoing(batch=batch, meta=meta)
+
+
+def test_a_commit_counts_and_keeps_each_operation_of_a_mixed_group(tmp_path: Path) -> None:
+    store = Store("sqlite:///state.db", tmp_path)
+    run_id = runs.start_run(store, sync="s", mode="mirror", destination="d", object="o",
+                            full=False)
+    upserts = _acknowledged("upsert", [('"a"', "added", '{"v":1}'),
+                                       ('"b"', "changed", '{"v":2}'),
+                                       ('"c"', "added", '{"v":3}')])
+    deletes = _acknowledged("delete", [('"x"', "removed", None), ('"y"', "removed", None)])
+    done = state.commit_batches(store, sync="s", run_id=run_id,
+                                acknowledged=[(upserts, {'"c"': "refused"}), (deletes, {})])
+    assert done.delivered == {"created": 1, "updated": 1, "deleted": 2}
+    assert sorted(done.kept["key"].to_pylist()) == ['"a"', '"b"']
+    assert sorted(done.dropped.to_pylist()) == ['"x"', '"y"']
+    assert {c["key"]: c["op"] for c in audit.changes(store, run_id)} == {
+        "a": "created", "b": "updated", "x": "deleted", "y": "deleted"}
+
+    # A group of one operation takes the short way; the counts must be the same kind.
+    only_deletes = _acknowledged("delete", [('"a"', "removed", None), ('"z"', "removed", None)])
+    updates = _acknowledged("update", [('"b"', "changed", '{"v":5}'),
+                                       ('"n"', "added", '{"v":6}')])
+    gone = state.commit_batches(store, sync="s", run_id=run_id,
+                                acknowledged=[(only_deletes, {})])
+    assert gone.delivered == {"created": 0, "updated": 0, "deleted": 2}
+    assert gone.dropped.to_pylist() == ['"a"', '"z"'] and gone.kept.num_rows == 0
+    changed = state.commit_batches(store, sync="s", run_id=run_id,
+                                   acknowledged=[(updates, {})])
+    # An update never creates, even for a key new to the model.
+    assert changed.delivered == {"created": 0, "updated": 2, "deleted": 0}
+    assert state.records(store, "s") == {'"b"': '{"v":5}', '"n"': '{"v":6}'}
+    with store.transaction() as tx:
+        assert tx.execute("select delivered_created, delivered_updated, delivered_deleted, "
+                          "rejected from tidegate_runs where id = ?", (run_id,)) == [(1, 3, 4, 1)]
+    store.close()

@@ -287,28 +287,35 @@ def commit_batches(
     changed: delivered counts, the keys kept or dropped, and the state version
     after it.
     """
-    # One table for the whole group, so each step below is one Arrow call, not one a batch.
-    metas, ops = [], []
+    # One table for the whole group, so each step below is one Arrow call, not one a
+    # batch: each call lets go of the interpreter lock, and on a busy run getting it
+    # back costs more than the call.
+    metas = []
     for out, rejected in acknowledged:
         meta = out.meta
         if rejected:
             refused = pa.array(list(rejected), pa.string())
             meta = meta.filter(pc.invert(pc.is_in(meta["__key"], value_set=refused)))
-        audit_new = ["__audit_new"] if "__audit_new" in meta.column_names else []
-        metas.append(pa.table([*(meta[c] for c in ("__key", "__hash", "__cat", "__fields")),
-                               out.audit_old(meta), *(meta[c] for c in audit_new)],
-                              names=["key", "hash", "cat", "fields", "old", *audit_new]))
-        ops.append(pa.repeat(_OPS[out.batch.operation], meta.num_rows))
-    group = pa.concat_tables(metas).combine_chunks()
-    op, categories = pa.concat_arrays(ops), group["cat"]
-    deleting = pc.equal(op, _OPS["delete"])
+        metas.append(meta)
+    group = _group_table(acknowledged[0][0], metas)
+    categories = group["cat"]
+    operations = {out.batch.operation for out, _ in acknowledged}
+    if len(operations) == 1:  # the usual group: every batch of one operation
+        (only,) = operations
+        op: pa.Array | pa.Scalar = _OPS[only]
+        deleting: pa.Array | pa.Scalar = pa.scalar(only == "delete", pa.bool_())
+        deleted = group.num_rows if only == "delete" else 0
+    else:
+        op = pa.concat_arrays([pa.repeat(_OPS[out.batch.operation], meta.num_rows)
+                               for (out, _), meta in zip(acknowledged, metas, strict=True)])
+        deleting = pc.equal(op, _OPS["delete"])
+        deleted = int(pc.sum(deleting).as_py() or 0)
     # An update never creates; a key added to the model is created by insert and upsert.
     is_new = pc.and_(pc.equal(categories, _ADDED), pc.not_equal(op, _OPS["update"]))
     is_new = pc.and_(is_new, pc.invert(deleting))
     live = pc.invert(pc.and_(deleting, pc.equal(categories, _REMOVED)))
     what = pc.if_else(deleting, _DELETED, pc.if_else(is_new, _CREATED, _UPDATED))
     created = int(pc.sum(is_new).as_py() or 0)
-    deleted = int(pc.sum(deleting).as_py() or 0)
     delivered = {"created": created, "updated": group.num_rows - created - deleted,
                  "deleted": deleted}
     key, hash_ = group["key"].combine_chunks(), group["hash"].combine_chunks()
@@ -349,6 +356,16 @@ def commit_batches(
         dropped=key.filter(pc.invert(live)),
         version=version,
     )
+
+
+def _group_table(first: Outgoing, metas: list[pa.Table]) -> pa.Table:
+    """key, hash, cat, fields, old (and __audit_new when fields are masked) of a group
+    of batches of one plan, in one table."""
+    group = pa.concat_tables(metas).combine_chunks()
+    audit_new = ["__audit_new"] if "__audit_new" in group.column_names else []
+    return pa.table([*(group[c] for c in ("__key", "__hash", "__cat", "__fields")),
+                     first.audit_old(group), *(group[c] for c in audit_new)],
+                    names=["key", "hash", "cat", "fields", "old", *audit_new])
 
 
 def compaction_due(store: Store, sync: str, live: int) -> bool:
