@@ -351,3 +351,30 @@ def test_sandbox_iterable_keeps_list_members() -> None:
         client.close()
         output = _stop(server)
     assert "lists/subscribe 1: 1 subscribed, 1 failed" in output and "Traceback" not in output
+
+
+def test_a_command_line_builds_only_the_command_it_names() -> None:
+    from tidegate.cli import _app_for, app
+
+    def names(args: list[str]) -> list[str]:
+        return [info.callback.__name__ for info in _app_for(args).registered_commands
+                if info.callback]
+
+    assert names(["run", "accounts"]) == ["run"]
+    assert names(["runs", "--json"]) == ["runs_cmd"]  # a name, not a prefix
+    for args in ([], ["--help"], ["-v", "run"], ["sandbox", "webhook"], ["nope"]):
+        assert _app_for(args) is app, args
+    # The whole app is untouched: the next command line still finds every command.
+    assert len(app.registered_commands) > 5 and app.registered_groups
+
+
+def test_help_lists_every_command_and_each_command_has_its_own(project_dir: Path) -> None:
+    top = cli("--help")
+    assert top.returncode == 0
+    for name in ("init", "validate", "plan", "run", "runs", "show", "reset", "demo", "sandbox"):
+        assert re.search(rf"\b{name}\b", top.stdout), name
+    one = cli("run", "--help")
+    assert one.returncode == 0 and "--dry-run" in one.stdout and "tidegate run" in one.stdout
+    wrong = cli("runz")
+    assert wrong.returncode == 2 and "No such command" in wrong.stdout + wrong.stderr
+    no_traceback(wrong)

@@ -8,6 +8,7 @@ rejected or invalid rows. No traceback ever reaches the user.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -618,11 +619,25 @@ def _print_verdict(verdict: dict[str, Any] | None) -> None:
         out.print(f"  note: {note}", markup=False, highlight=False)
 
 
+def _app_for(args: list[str]) -> typer.Typer:
+    """``app``, or, when ``args`` start with one of its commands, ``app`` with that command
+    alone: typer makes every command's click objects from its signature on each start,
+    some milliseconds for all of them, and a command line runs one."""
+    named = [info for info in app.registered_commands
+             if args and (info.name or typer.main.get_command_name(
+                 info.callback.__name__ if info.callback else "")) == args[0]]
+    if len(named) != 1:
+        return app
+    one = copy.copy(app)
+    one.registered_commands, one.registered_groups = named, []
+    return one
+
+
 def main() -> None:
     """Console entry point: never lets a traceback reach the user."""
     code = 0
     try:
-        app()
+        _app_for(sys.argv[1:])()
     except SystemExit as exc:
         code = _system_exit_code(exc.code)
     except KeyboardInterrupt:

@@ -98,7 +98,7 @@ class HttpDestination(Destination):
             headers={"user-agent": "tidegate"},
         )
 
-    def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def send(self, method: str, url: str | httpx.URL, **kwargs: Any) -> httpx.Response:
         """One request; transport failures become ``RetryableError``.
 
         The request is built by the client (its headers, timeouts) and handed
@@ -159,7 +159,7 @@ class HttpDestination(Destination):
                 self._client = None
 
 
-def _host(url: str) -> str:
+def _host(url: str | httpx.URL) -> str:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:

@@ -150,6 +150,7 @@ class WebhookDestination(HttpDestination):
             header.lower(): value for header, value in config.headers.items()
         }
         self._timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
+        self._url = httpx.URL(config.url)  # parsed once, not once a request
 
     def body(self, batch: Batch) -> bytes:
         """The request body, concatenated from the batch's JSON text."""
@@ -177,7 +178,7 @@ class WebhookDestination(HttpDestination):
     def write(self, batch: Batch) -> BatchResult:
         body = self.body(batch)
         response = self.send(
-            "POST", self.settings.url, content=body, headers=self.headers(batch, body),
+            "POST", self._url, content=body, headers=self.headers(batch, body),
             timeout=self._timeout,
         )
         problem = self.classify(response)
