@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import tidegate
 import tidegate.destinations
 from conftest import SECRET
@@ -98,3 +100,52 @@ def test_a_webhook_run_on_the_command_line_imports_only_what_it_uses(
     )
     assert fresh_python(code, tmp_path).splitlines()[-1] == "0 []"
     assert len(receiver.records("o")) == 50
+
+
+def test_checking_a_webhook_project_does_not_import_httpx(tmp_path: Path) -> None:
+    """httpx loads when a destination connects; on the command line it loads meanwhile,
+    while the run plans. Checking a configuration must not wait for it."""
+    (tmp_path / "tidegate.yml").write_text(
+        "sources: {w: {type: duckdb, path: w.duckdb}}\n"
+        f"destinations: {{h: {{type: webhook, url: 'https://hooks.example.com/in', "
+        f"secret: '{SECRET}'}}}}\n"
+        "syncs: {s: {source: w, table: t, primary_key: id, destination: h, object: o, "
+        "mode: upsert}}\n")
+    code = (
+        "import sys\n"
+        "from tidegate import Project\n"
+        "p = Project.load(sys.argv[1])\n"
+        "p.destination_settings('h')\n"
+        "print('httpx' in sys.modules)\n"
+        "p.destination('s')\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    assert fresh_python(code, tmp_path).splitlines() == ["False", "True"]
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://example.com/in", "https://", "http:///path", "https://exa mple.com/in",
+    "https://example.com:port/in", "https://example.com:99999/in", "https://{x}.com/",
+])
+def test_a_webhook_url_that_is_not_http_with_a_host_is_a_config_error(
+        tmp_path: Path, url: str) -> None:
+    from tidegate.errors import ConfigError
+
+    (tmp_path / "tidegate.yml").write_text(
+        "sources: {w: {type: duckdb, path: w.duckdb}}\n"
+        f"destinations: {{h: {{type: webhook, url: '{url}'}}}}\n"
+        "syncs: {s: {source: w, table: t, primary_key: id, destination: h, object: o, "
+        "mode: upsert}}\n")
+    with pytest.raises(ConfigError) as info:
+        tidegate.Project.load(tmp_path)
+    assert "destinations.h.url" in str(info.value)
+    assert "http" in str(info.value)
+
+
+def test_a_webhook_url_with_a_port_a_path_and_a_query_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "tidegate.yml").write_text(
+        "sources: {w: {type: duckdb, path: w.duckdb}}\n"
+        "destinations: {h: {type: webhook, url: 'http://127.0.0.1:8799/in/x?token=abc'}}\n"
+        "syncs: {s: {source: w, table: t, primary_key: id, destination: h, object: o, "
+        "mode: upsert}}\n")
+    tidegate.Project.load(tmp_path).close()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+from tidegate import imports
 from tidegate.imports import quietly
 
 # httpx imports its own command line (click, pygments, rich's syntax and progress
@@ -243,6 +244,8 @@ def run(
         with proj:
             for name in names:
                 proj.sync(name)
+            if not dry_run:
+                _import_ahead(proj, names)
             for name in names:
                 reporter: Reporter = (
                     RichReporter(name) if sys.stderr.isatty() and not as_json else NullReporter()
@@ -260,6 +263,15 @@ def run(
         return _exit_code([r["status"] for r in results])
 
     _guard(as_json, go)
+
+
+def _import_ahead(proj: Project, names: list[str]) -> None:
+    """While the first sync plans, import what an HTTP destination needs to send."""
+    from tidegate.destinations.http import HttpDestination
+
+    used = {proj.destination_settings(proj.sync(name).destination)[0] for name in names}
+    if any(issubclass(cls, HttpDestination) for cls in used):
+        imports.ahead("httpx", "tidegate.destinations.transport")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Importing heavy libraries without the garbage collector running meanwhile.
+"""Importing heavy libraries without the garbage collector running meanwhile, or ahead.
 
 Importing DuckDB, Arrow, pydantic, httpx and their kin allocates hundreds of
 thousands of objects that live as long as the process; the collector, counting
@@ -7,13 +7,20 @@ frees nothing. ``quietly()`` pauses it for the duration of an import and
 restores whatever the process had chosen. Once it runs again, its first passes
 would still walk every object the imports made; ``freeze=True`` (for a process
 that is tidegate's own, the command line) moves them out of its sight for good.
+
+``ahead()`` imports modules on a thread of their own. Importing holds the
+interpreter lock, so this gains only while the caller waits on work that does
+not: the command line calls it as a run starts to plan (in DuckDB), for the
+modules the run's destination needs only once it sends.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 
 @contextmanager
@@ -28,3 +35,14 @@ def quietly(*, freeze: bool = False) -> Iterator[None]:
             gc.freeze()
         if collecting:
             gc.enable()
+
+
+def ahead(*modules: str) -> None:
+    """Import ``modules`` in the background; whoever imports one meanwhile waits for it."""
+
+    def load() -> None:
+        for name in modules:
+            with suppress(ImportError):  # then the importer that needs it says why
+                importlib.import_module(name)
+
+    threading.Thread(target=load, name="tidegate-import-ahead", daemon=True).start()

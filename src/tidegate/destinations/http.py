@@ -16,19 +16,23 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidegate.destinations.base import Destination
-from tidegate.destinations.transport import PooledTransport
 from tidegate.errors import DestinationError, RetryableError
 from tidegate.redact import redact
 
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported when a destination first connects, not when its module is: a
+# project's configuration is checked without it, and the command line imports it
+# meanwhile, on a thread of its own, while the run plans (``imports.ahead``).
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+DEFAULT_TIMEOUT_S, DEFAULT_CONNECT_S = 30.0, 10.0
 _BODY_PREVIEW = 300
 T = TypeVar("T")
 
@@ -52,10 +56,12 @@ def check_http_url(value: str, key: str) -> None:
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"`{key}` must start with http:// or https://")
     try:
-        host = httpx.URL(value).host
-    except httpx.InvalidURL:
+        parts = urllib.parse.urlsplit(value)
+        host = parts.hostname or ""
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
         host = ""
-    if not host:
+    if not host or any(c.isspace() or c in "<>\\^`{|}" for c in host):
         raise ValueError(f"`{key}` is not a valid http(s) URL with a host")
 
 
@@ -84,6 +90,10 @@ class HttpDestination(Destination):
             return self._client
 
     def _new_client(self) -> httpx.Client:
+        import httpx
+
+        from tidegate.destinations.transport import PooledTransport
+
         # With a proxy in the environment the client decides per URL; without
         # one every request goes to this transport, so ``send`` may go there itself.
         self._direct = not urllib.request.getproxies()
@@ -94,7 +104,7 @@ class HttpDestination(Destination):
         )
         return httpx.Client(
             transport=self._transport,
-            timeout=DEFAULT_TIMEOUT,
+            timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=DEFAULT_CONNECT_S),
             headers={"user-agent": "tidegate"},
         )
 
@@ -106,6 +116,8 @@ class HttpDestination(Destination):
         a batch never uses cost a third of the CPU of a request, and a run
         makes hundreds of them.
         """
+        import httpx
+
         try:
             client = self.client
             if not self._direct:
@@ -160,6 +172,8 @@ class HttpDestination(Destination):
 
 
 def _host(url: str | httpx.URL) -> str:
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:

@@ -19,9 +19,8 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from tidegate.destinations.base import (
@@ -35,6 +34,9 @@ from tidegate.destinations.base import (
 from tidegate.destinations.http import HttpDestination, check_http_url
 from tidegate.errors import DestinationError
 from tidegate.redact import redact, redact_url, register
+
+if TYPE_CHECKING:
+    import httpx
 
 SECRET_PREFIX = "whsec_"
 MAX_RECORDS = 10_000
@@ -137,6 +139,8 @@ class WebhookDestination(HttpDestination):
     )
 
     def __init__(self, name: str, config: WebhookConfig, target: SyncTarget) -> None:
+        import httpx  # see tidegate.destinations.http: not needed to check a configuration
+
         super().__init__(name, config, target)
         # No redirects are followed, so a plain-http URL never reaches a TLS peer.
         self.tls = not config.url.startswith("http://")
@@ -150,7 +154,7 @@ class WebhookDestination(HttpDestination):
             header.lower(): value for header, value in config.headers.items()
         }
         self._timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
-        self._url = httpx.URL(config.url)  # parsed once, not once a request
+        self._url: httpx.URL = httpx.URL(config.url)  # parsed once, not once a request
 
     def body(self, batch: Batch) -> bytes:
         """The request body, concatenated from the batch's JSON text."""
@@ -188,6 +192,8 @@ class WebhookDestination(HttpDestination):
 
     def check(self) -> None:
         """A GET, so nothing can be mistaken for data; any HTTP answer means reachable."""
+        import httpx
+
         try:
             self.client.get(
                 self.settings.url,
