@@ -30,7 +30,6 @@ with quietly(freeze=True):  # this process is the command's own
     import typer
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
     from tidegate import __version__, plandb
     from tidegate.errors import ConfigError, TidegateError
@@ -266,12 +265,15 @@ def run(
 
 
 def _import_ahead(proj: Project, names: list[str]) -> None:
-    """While the first sync plans, import what an HTTP destination needs to send."""
+    """While the first sync plans, import what an HTTP destination needs to send, and
+    what the summary is printed with."""
     from tidegate.destinations.http import HttpDestination
 
     used = {proj.destination_settings(proj.sync(name).destination)[0] for name in names}
     if any(issubclass(cls, HttpDestination) for cls in used):
-        imports.ahead("httpx", "tidegate.destinations.transport")
+        imports.ahead("httpx", "tidegate.destinations.transport", "rich.table")
+    else:
+        imports.ahead("rich.table")  # for the summary
 
 
 @app.command()
@@ -388,6 +390,8 @@ def show(
                 f"{k} {v}" for k, v in result["destination_report"].items()))
         rows = result["rows"]
         if rows:
+            from rich.table import Table
+
             table = Table("kind", "key", "attempt", "error", title="rows not delivered")
             for row in rows[:limit]:
                 table.add_row(row["kind"], escape(json.dumps(row["key"])), str(row["attempt"]),
@@ -559,6 +563,8 @@ def _exit_code(statuses: list[str]) -> int:
 def _print_plan(result: dict[str, Any]) -> None:
     p = result["planned"]
     out.print(f"[bold]plan for {result['sync']}[/bold] (mode {result['mode']})", markup=True)
+    from rich.table import Table
+
     table = Table("added", "changed", "removed", "unchanged", "invalid", "to send")
     table.add_row(*(str(p[k]) for k in ("added", "changed", "removed", "unchanged", "invalid")),
                   ", ".join(f"{n} {op}" for op, n in result["to_send"].items()) or "nothing")
@@ -573,6 +579,10 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 def _print_summaries(results: list[dict[str, Any]], title: str = "summary") -> None:
+    # Tables are imported where they are printed: most commands print none, and a
+    # run imports them while it plans (_import_ahead).
+    from rich.table import Table
+
     table = Table("run", "sync", "status", "added", "changed", "removed", "unchanged",
                   "invalid", "created", "updated", "deleted", "rejected", "seconds",
                   title=title)
@@ -601,6 +611,8 @@ def _print_changes(changes: list[dict[str, Any]], limit: int) -> None:
     if not changes:
         out.print("no changes delivered")
         return
+    from rich.table import Table
+
     table = Table("key", "field", "old", "new", "op", "at", title="changes delivered")
     for c in changes[:limit]:
         table.add_row(*(escape(v) for v in (
