@@ -49,6 +49,7 @@ SENDS: dict[Mode, dict[str, Operation]] = {
 _OP_ORDER = {"insert": 0, "upsert": 1, "update": 2, "delete": 3}
 _RECORD_OVERHEAD = 24  # bytes a record adds to a JSON body beyond its key and fields
 _CHUNK_ROWS = 20_000  # rows per read from DuckDB while cutting batches: bounds memory
+_HASH_PIECE = 2047  # bytes per hashlib update: below 2 KiB it keeps the interpreter lock
 # Compute functions get Arrow scalars: given a Python value, pyarrow looks for
 # optional converters (an import attempt) on every call.
 _ZERO = pa.scalar(0, pa.int64())
@@ -234,15 +235,18 @@ class Plan:
         # The id is derived from the content, so a batch resent after a crash
         # usually carries the same id; keys and hashes go in as their Arrow bytes.
         # Python reads only buffer bounds here: a compute call per batch would hand
-        # the interpreter lock to another thread and wait to get it back.
-        # Joined first: hashlib lets go of the lock for each large update.
-        content = b"".join([
+        # the interpreter lock to another thread and wait to get it back. For the same
+        # reason the content is hashed in pieces below the size at which hashlib lets
+        # go of the lock.
+        content = memoryview(b"".join([
             f"{self.sync}\n{op}\n".encode(),
             keys.buffers()[1].slice(0, (len(keys) + 1) * 4),
             text_bytes(keys),
             *(part.buffers()[1].slice(part.offset * 8, len(part) * 8) for part in hashes.chunks),
-        ])
-        digest = hashlib.sha256(content)
+        ]))
+        digest = hashlib.sha256()
+        for start in range(0, len(content), _HASH_PIECE):
+            digest.update(content[start:start + _HASH_PIECE])
         batch = Batch(
             id="msg_" + digest.hexdigest()[:32],
             operation=op,
