@@ -271,7 +271,8 @@ def _import_ahead(proj: Project, names: list[str]) -> None:
 
     used = {proj.destination_settings(proj.sync(name).destination)[0] for name in names}
     if any(issubclass(cls, HttpDestination) for cls in used):
-        imports.ahead("httpx", "tidegate.destinations.transport", "rich.table")
+        imports.ahead("urllib.request", "httpx", "tidegate.destinations.transport",
+                      "rich.table")
     else:
         imports.ahead("rich.table")  # for the summary
 

@@ -13,11 +13,9 @@ inside a 200) overrides ``classify`` and nothing else.
 
 from __future__ import annotations
 
-import email.utils
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,9 +26,10 @@ from tidegate.redact import redact
 if TYPE_CHECKING:
     import httpx
 
-# httpx is imported when a destination first connects, not when its module is: a
-# project's configuration is checked without it, and the command line imports it
-# meanwhile, on a thread of its own, while the run plans (``imports.ahead``).
+# httpx (and the standard library's HTTP client under it) is imported when a
+# destination first connects, not when its module is: a project's configuration is
+# checked without it, and the command line imports it meanwhile, on a thread of its
+# own, while the run plans (``imports.ahead``).
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT_S, DEFAULT_CONNECT_S = 30.0, 10.0
 _BODY_PREVIEW = 300
@@ -45,6 +44,8 @@ def retry_after(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        import email.utils
+
         parsed = email.utils.parsedate_to_datetime(value) if value else None
         if parsed is None:
             return None
@@ -90,6 +91,8 @@ class HttpDestination(Destination):
             return self._client
 
     def _new_client(self) -> httpx.Client:
+        import urllib.request
+
         import httpx
 
         from tidegate.destinations.transport import PooledTransport
