@@ -128,6 +128,7 @@ _REMOVED = pa.scalar("removed", pa.string())
 _CREATED, _UPDATED, _DELETED = (pa.scalar(w, pa.string())
                                 for w in ("created", "updated", "deleted"))
 _OPS = {op: pa.scalar(op, pa.string()) for op in ("insert", "update", "upsert", "delete")}
+_NO_KEYS = pa.array([], pa.string())
 
 
 def _latest(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -298,35 +299,40 @@ def commit_batches(
             meta = meta.filter(pc.invert(pc.is_in(meta["__key"], value_set=refused)))
         metas.append(meta)
     group = _group_table(acknowledged[0][0], metas)
+    rows = group.num_rows
     categories = group["cat"]
     operations = {out.batch.operation for out, _ in acknowledged}
-    if len(operations) == 1:  # the usual group: every batch of one operation
-        (only,) = operations
-        op: pa.Array | pa.Scalar = _OPS[only]
-        deleting: pa.Array | pa.Scalar = pa.scalar(only == "delete", pa.bool_())
-        deleted = group.num_rows if only == "delete" else 0
-    else:
+    live: pa.Array | None = None  # None: every key stays
+    if operations == {"delete"}:
+        what: pa.Array | pa.ChunkedArray = pa.repeat(_DELETED, rows)
+        live = _whole(pc.not_equal(categories, _REMOVED))
+        created, deleted = 0, rows
+    elif operations == {"update"}:  # an update never creates
+        what, created, deleted = pa.repeat(_UPDATED, rows), 0, 0
+    elif "delete" not in operations and "update" not in operations:
+        # Inserts and upserts: a key added to the model is created.
+        is_new = pc.equal(categories, _ADDED)
+        created, deleted = int(pc.sum(is_new).as_py() or 0), 0
+        what = (pa.repeat(_CREATED if created else _UPDATED, rows) if created in (0, rows)
+                else pc.if_else(is_new, _CREATED, _UPDATED))
+    else:  # a mirror's upserts and deletes, or any other mix
         op = pa.concat_arrays([pa.repeat(_OPS[out.batch.operation], meta.num_rows)
                                for (out, _), meta in zip(acknowledged, metas, strict=True)])
         deleting = pc.equal(op, _OPS["delete"])
         deleted = int(pc.sum(deleting).as_py() or 0)
-    # An update never creates; a key added to the model is created by insert and upsert.
-    is_new = pc.and_(pc.equal(categories, _ADDED), pc.not_equal(op, _OPS["update"]))
-    is_new = pc.and_(is_new, pc.invert(deleting))
-    live = pc.invert(pc.and_(deleting, pc.equal(categories, _REMOVED)))
-    what = pc.if_else(deleting, _DELETED, pc.if_else(is_new, _CREATED, _UPDATED))
-    created = int(pc.sum(is_new).as_py() or 0)
-    delivered = {"created": created, "updated": group.num_rows - created - deleted,
-                 "deleted": deleted}
-    key, hash_ = group["key"].combine_chunks(), group["hash"].combine_chunks()
-    live = live.combine_chunks() if isinstance(live, pa.ChunkedArray) else live
-    rows = len(key)
+        is_new = pc.and_(pc.equal(categories, _ADDED), pc.not_equal(op, _OPS["update"]))
+        is_new = pc.and_(is_new, pc.invert(deleting))
+        live = _whole(pc.invert(pc.and_(deleting, pc.equal(categories, _REMOVED))))
+        what = pc.if_else(deleting, _DELETED, pc.if_else(is_new, _CREATED, _UPDATED))
+        created = int(pc.sum(is_new).as_py() or 0)
+    delivered = {"created": created, "updated": rows - created - deleted, "deleted": deleted}
+    key, hash_ = _whole(group["key"]), _whole(group["hash"])
     refused_total = sum(len(rejected) for _, rejected in acknowledged)
     stamp = now().isoformat()
-    records = segments.records_blob(group["fields"].combine_chunks()) if rows else b""
+    records = segments.records_blob(_whole(group["fields"])) if rows else b""
     # The audit log's new values are the records state keeps, unless fields are masked:
     # then the same bytes serve both, compressed once.
-    new_values = (segments.records_blob(group["__audit_new"].combine_chunks())
+    new_values = (segments.records_blob(_whole(group["__audit_new"]))
                   if "__audit_new" in group.column_names else records)
     changes = pa.table({"key": key, "op": what, "old": group["old"]})
     with store.transaction() as tx:
@@ -335,7 +341,8 @@ def commit_batches(
             tx.execute(
                 "insert into tidegate_state_segments (sync, seq, run_id, rows, created_at, "
                 "keys, records) values (?, ?, ?, ?, ?, ?, ?)",
-                (sync, version, run_id, rows, stamp, segments.keys_blob(key, hash_, live),
+                (sync, version, run_id, rows, stamp,
+                 segments.keys_blob(key, hash_, _all_true(rows) if live is None else live),
                  records),
             )
             audit.append(tx, sync=sync, run_id=run_id, stamp=stamp, changes=changes,
@@ -350,12 +357,18 @@ def commit_batches(
             (delivered["created"], delivered["updated"], delivered["deleted"], refused_total,
              len(acknowledged), stamp, run_id),
         )
-    return Committed(
-        delivered=delivered,
-        kept=pa.table({"key": key, "hash": hash_}).filter(live),
-        dropped=key.filter(pc.invert(live)),
-        version=version,
-    )
+    kept = pa.table({"key": key, "hash": hash_})
+    if live is None:
+        return Committed(delivered=delivered, kept=kept, dropped=_NO_KEYS, version=version)
+    return Committed(delivered=delivered, kept=kept.filter(live),
+                     dropped=key.filter(pc.invert(live)), version=version)
+
+
+def _whole(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``column`` as one array: a column of a table whose chunks were combined holds one."""
+    if isinstance(column, pa.Array):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _group_table(first: Outgoing, metas: list[pa.Table]) -> pa.Table:
