@@ -41,7 +41,8 @@ def salt(store: Store) -> str:
 
 
 def append(
-    tx: Tx, *, sync: str, run_id: int, stamp: str, changes: pa.Table, new_values: bytes
+    tx: Tx, *, sync: str, run_id: int, stamp: str, changes: pa.Table,
+    new_values: segments.Blob,
 ) -> None:
     """Record ``changes`` (``CHANGES_SCHEMA``) and, row for row, ``new_values`` (a
     ``segments.records_blob``) inside the caller's commit."""

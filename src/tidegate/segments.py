@@ -24,21 +24,26 @@ CODEC = "zstd"  # Arrow IPC names the codec per buffer, so older blobs read as t
 SEGMENT_ROWS = 100_000
 
 
-def encode(table: pa.Table | pa.RecordBatch, compression: str | None = None) -> bytes:
+Blob = bytes | memoryview  # what the store binds as a BLOB (SQLite and PostgreSQL alike)
+
+
+def encode(table: pa.Table | pa.RecordBatch, compression: str | None = None) -> memoryview:
+    """The IPC stream's bytes, as a view of Arrow's buffer: a store writes them from
+    there, with no copy made first (a first sync's blobs are megabytes)."""
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write(table)
-    return bytes(sink.getvalue().to_pybytes())
+    return memoryview(sink.getvalue())
 
 
 def decode(blob: bytes | memoryview) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
 
 
-def keys_blob(keys: pa.Array, hashes: pa.Array, live: pa.Array) -> bytes:
+def keys_blob(keys: pa.Array, hashes: pa.Array, live: pa.Array) -> memoryview:
     return encode(pa.Table.from_arrays([keys, hashes, live], schema=KEYS_SCHEMA))
 
 
-def records_blob(records: pa.Array) -> bytes:
+def records_blob(records: pa.Array) -> memoryview:
     return encode(pa.Table.from_arrays([records], schema=RECORDS_SCHEMA), CODEC)
