@@ -327,3 +327,16 @@ def test_a_commit_counts_and_keeps_each_operation_of_a_mixed_group(tmp_path: Pat
         assert tx.execute("select delivered_created, delivered_updated, delivered_deleted, "
                           "rejected from tidegate_runs where id = ?", (run_id,)) == [(1, 3, 4, 1)]
     store.close()
+
+
+def test_the_state_version_advances_by_one_each_commit_with_or_without_returning(
+        tmp_path: Path, pg_url: str) -> None:
+    for url, returning in (("sqlite:///a.db", True), ("sqlite:///b.db", False), (pg_url, True)):
+        store = Store(url, tmp_path)
+        state.reset(store, "v")
+        start = state.current_version(store, "v")
+        for n in range(1, 4):
+            with store.transaction() as tx:
+                assert state._bump(tx, "v", returning=returning) == start + n
+        assert state.current_version(store, "v") == start + 3
+        store.close()

@@ -50,7 +50,8 @@ def append(
         "insert into tidegate_changes (run_id, sync, rows, created_at, changes, records) "
         "values (?, ?, ?, ?, ?, ?)",
         (run_id, sync, changes.num_rows, stamp,
-         segments.encode(changes.cast(CHANGES_SCHEMA), segments.CODEC), new_values),
+         segments.encode(changes if changes.schema == CHANGES_SCHEMA
+                         else changes.cast(CHANGES_SCHEMA), segments.CODEC), new_values),
     )
 
 

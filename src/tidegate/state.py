@@ -21,6 +21,7 @@ import bisect
 import hashlib
 import itertools
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,13 +256,17 @@ def reset(store: Store, sync: str) -> int:
     return forgotten
 
 
-def _bump(tx: Tx, sync: str) -> int:
+# One statement, not two, in every commit; SQLite has RETURNING since 3.35.
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
+
+def _bump(tx: Tx, sync: str, *, returning: bool = _RETURNING) -> int:
     """Advance the sync's state version inside the caller's transaction."""
-    tx.execute(
-        "insert into tidegate_state_versions (sync, version) values (?, 1) "
-        "on conflict (sync) do update set version = tidegate_state_versions.version + 1",
-        (sync,),
-    )
+    bump = ("insert into tidegate_state_versions (sync, version) values (?, 1) "
+            "on conflict (sync) do update set version = tidegate_state_versions.version + 1")
+    if returning or tx.dialect != "sqlite":
+        return int(tx.scalar(bump + " returning version", (sync,)))
+    tx.execute(bump, (sync,))
     return int(tx.scalar("select version from tidegate_state_versions where sync = ?", (sync,)))
 
 
