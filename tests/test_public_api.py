@@ -149,3 +149,16 @@ def test_a_webhook_url_with_a_port_a_path_and_a_query_is_accepted(tmp_path: Path
         "syncs: {s: {source: w, table: t, primary_key: id, destination: h, object: o, "
         "mode: upsert}}\n")
     tidegate.Project.load(tmp_path).close()
+
+
+def test_modules_imported_ahead_arrive_and_leave_the_interpreter_as_it_was(
+        tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from tidegate import imports\n"
+        "before = sys.getswitchinterval()\n"
+        "assert 'colorsys' not in sys.modules\n"
+        "imports.ahead('tidegate_no_such_module', 'colorsys').join()\n"
+        "print('colorsys' in sys.modules, sys.getswitchinterval() == before)\n"
+    )
+    assert fresh_python(code, tmp_path) == "True True"

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import gc
 import importlib
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+
+_SWITCH_S = 0.0005
 
 
 @contextmanager
@@ -37,12 +40,23 @@ def quietly(*, freeze: bool = False) -> Iterator[None]:
             gc.enable()
 
 
-def ahead(*modules: str) -> None:
+def ahead(*modules: str) -> threading.Thread:
     """Import ``modules`` in the background; whoever imports one meanwhile waits for it."""
 
     def load() -> None:
-        for name in modules:
-            with suppress(ImportError):  # then the importer that needs it says why
-                importlib.import_module(name)
+        # An import is Python through and through: it keeps the lock until the
+        # interpreter's switch interval (5 ms) takes it away, and every call the
+        # caller makes into DuckDB or SQLite meanwhile would wait that long to get it
+        # back. A short interval while importing hands it back at once.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, _SWITCH_S))
+        try:
+            for name in modules:
+                with suppress(ImportError):  # then the importer that needs it says why
+                    importlib.import_module(name)
+        finally:
+            sys.setswitchinterval(interval)
 
-    threading.Thread(target=load, name="tidegate-import-ahead", daemon=True).start()
+    thread = threading.Thread(target=load, name="tidegate-import-ahead", daemon=True)
+    thread.start()
+    return thread
