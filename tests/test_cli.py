@@ -378,3 +378,17 @@ def test_help_lists_every_command_and_each_command_has_its_own(project_dir: Path
     wrong = cli("runz")
     assert wrong.returncode == 2 and "No such command" in wrong.stdout + wrong.stderr
     no_traceback(wrong)
+
+
+def test_a_run_leaves_its_state_store_closed_and_whole(project_dir: Path,
+                                                       receiver: WebhookReceiver) -> None:
+    """The store closes while the summary prints; the command still ends only once it has:
+    the log is copied into the database file and removed, so state.db alone holds it all."""
+    warehouse(project_dir / "warehouse.duckdb", 120)
+    project(project_dir, hook(receiver), {"accounts": sync()})
+    result = cli("run", "accounts", "--project", str(project_dir), env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "summary" in result.stdout
+    store = project_dir / ".tidegate"
+    assert (store / "state.db").exists()
+    assert not (store / "state.db-wal").exists() and not (store / "state.db-shm").exists()

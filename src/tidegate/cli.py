@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -240,7 +241,7 @@ def run(
     def go() -> int:
         part = _shard(shard)
         results = []
-        with proj:
+        try:
             for name in names:
                 proj.sync(name)
             if not dry_run:
@@ -252,13 +253,33 @@ def run(
                 results.append(proj.run(name, full=full, dry_run=dry_run, force=force,
                                         reporter=reporter, shard=part.index if part else None,
                                         shards=part.count if part else None))
-        if as_json:
-            _emit_json(results[0] if len(results) == 1 else {"runs": results})
-        elif dry_run:
-            for result in results:
-                _print_plan(result)
-        else:
-            _print_summaries(results)
+        except BaseException:
+            proj.close()
+            raise
+        # A SQLite store copies its log into the database file as it closes: file work
+        # that needs no interpreter lock, done while the results print.
+        failed: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                proj.close()
+            except BaseException as exc:  # raised below, in this thread, as before
+                failed.append(exc)
+
+        closing = threading.Thread(target=close, name="tidegate-store-close")
+        closing.start()
+        try:
+            if as_json:
+                _emit_json(results[0] if len(results) == 1 else {"runs": results})
+            elif dry_run:
+                for result in results:
+                    _print_plan(result)
+            else:
+                _print_summaries(results)
+        finally:
+            closing.join()
+        if failed:
+            raise failed[0]
         return _exit_code([r["status"] for r in results])
 
     _guard(as_json, go)
