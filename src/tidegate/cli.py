@@ -292,8 +292,9 @@ def _import_ahead(proj: Project, names: list[str]) -> None:
 
     used = {proj.destination_settings(proj.sync(name).destination)[0] for name in names}
     if any(issubclass(cls, HttpDestination) for cls in used):
+        # encodings.idna: connecting by host name encodes it so, on the first request.
         imports.ahead("urllib.request", "httpx", "tidegate.destinations.transport",
-                      "rich.table")
+                      "encodings.idna", "rich.table")
     else:
         imports.ahead("rich.table")  # for the summary
 
