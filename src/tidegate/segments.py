@@ -37,7 +37,7 @@ def encode(table: pa.Table | pa.RecordBatch, compression: str | None = None) -> 
     return memoryview(sink.getvalue())
 
 
-def decode(blob: bytes | memoryview) -> pa.Table:
+def decode(blob: Blob) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
 
 
