@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tidegate import audit, segments
+from tidegate.destinations.base import _whole
 from tidegate.plan import Outgoing
 from tidegate.runs import now
 from tidegate.store import Store, Tx
@@ -367,13 +368,6 @@ def commit_batches(
         return Committed(delivered=delivered, kept=kept, dropped=_NO_KEYS, version=version)
     return Committed(delivered=delivered, kept=kept.filter(live),
                      dropped=key.filter(pc.invert(live)), version=version)
-
-
-def _whole(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """``column`` as one array: a column of a table whose chunks were combined holds one."""
-    if isinstance(column, pa.Array):
-        return column
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _group_table(first: Outgoing, metas: list[pa.Table]) -> pa.Table:

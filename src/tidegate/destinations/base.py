@@ -44,7 +44,10 @@ _CLOSE_NEXT, _DELETE = pa.scalar("},", pa.string()), pa.scalar("delete", pa.stri
 
 
 def _whole(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    """``values`` as one array; one chunk is taken as it is, not copied by a combine."""
+    if isinstance(values, pa.Array):
+        return values
+    return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
 
 
 _Text: TypeAlias = pa.Array | pa.ChunkedArray
