@@ -7,11 +7,17 @@ cost: start-up, imports, reading the model), then a sync after 1 % of rows chang
 runs from its own virtualenv (``.bench/drt-venv``), with its ``rest_api``
 destination in batch body mode, ``incremental`` mode on ``updated_at``, its default
 pacing (10 requests/s) off and 10,000-row engine batches;
-tidegate needs no cursor column and would also catch deletes.
+tidegate needs no cursor column and would also catch deletes. tidegate, too, runs
+from a virtualenv of its own (``.bench/tidegate-venv``) holding what ``pip install
+tidegate`` installs, with this checkout installed editable: not from the
+development ``.venv``, whose two hundred distributions (Airflow and the test
+tools) every process that reads package metadata would scan, as pydantic does
+for its plugins.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,6 +87,21 @@ def ensure_drt_venv(path: Path) -> Path:
     return drt
 
 
+def ensure_tidegate_venv(path: Path, project: Path = HERE.parent) -> Path:
+    """A virtualenv with this checkout installed editable and its runtime dependencies
+    only; made again when ``pyproject.toml`` changes. Returns its Python."""
+    python = path / "bin" / "python"
+    stamp = path / ".installed"
+    wanted = hashlib.sha256((project / "pyproject.toml").read_bytes()).hexdigest()
+    if not python.exists() or not stamp.exists() or stamp.read_text() != wanted:
+        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", "-e", str(project)], check=True)
+        stamp.write_text(wanted)
+    return python
+
+
 def build(warehouse: Path) -> None:
     with duckdb.connect(str(warehouse)) as con:
         con.execute(
@@ -110,7 +131,8 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
-def compare(drt: Path, receiver: Any, rounds: int = 5) -> dict[str, Any]:
+def compare(drt: Path, receiver: Any, rounds: int = 5, *,
+            tidegate_python: Path | None = None) -> dict[str, Any]:
     """Best of ``rounds`` for each tool and each phase, with record counts checked.
 
     On a shared 2-core machine one run of either tool varies by ±15 %; the best of
@@ -134,7 +156,8 @@ def compare(drt: Path, receiver: Any, rounds: int = 5) -> dict[str, Any]:
             (dr / "home" / ".drt" / "profiles.yml").write_text(
                 f"local:\n  type: duckdb\n  database: {dr / 'warehouse.duckdb'}\n")
             (dr / "syncs" / "users.yml").write_text(DRT_SYNC.format(url=receiver.url))
-            tidegate = [sys.executable, "-m", "tidegate", "run", "users", "--project", str(tg)]
+            tidegate = [str(tidegate_python or sys.executable), "-m", "tidegate", "run", "users",
+                        "--project", str(tg)]
             drt_run = [str(drt), "run"]
             drt_env = {"HOME": str(dr / "home"), "DO_NOT_TRACK": "1"}
             # "unchanged": a run with nothing to send, what each tool costs before any record.
@@ -159,9 +182,10 @@ def main() -> None:
     from receiver import CountingReceiver
 
     drt = ensure_drt_venv(HERE.parent / ".bench" / "drt-venv")
+    tidegate = ensure_tidegate_venv(HERE.parent / ".bench" / "tidegate-venv")
     receiver = CountingReceiver().start()
     try:
-        print(json.dumps(compare(drt, receiver)))
+        print(json.dumps(compare(drt, receiver, tidegate_python=tidegate)))
     finally:
         receiver.stop()
 

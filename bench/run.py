@@ -90,6 +90,11 @@ def render(scales: list[dict[str, Any]], versus: dict[str, Any],
         "`rest_api` destination in `batch` body mode, `incremental` mode on",
         "`updated_at`, its default pacing (10 requests/s) turned off and 10,000-row",
         "engine batches; tidegate needs no cursor column and also catches deletes.",
+        "tidegate, too, runs from a virtualenv of its own, holding this checkout",
+        "(installed editable) and only the libraries `pip install tidegate` brings: not",
+        "from the development `.venv`, whose two hundred distributions (Airflow, the test",
+        "tools) a process scans whenever it reads package metadata, as pydantic does for",
+        "its plugins — about 20 ms a run here.",
         "",
         "| | tidegate | drt-core | ratio |",
         "|---|---:|---:|---:|",
@@ -184,9 +189,10 @@ def main() -> None:
     print(in_warehouse, flush=True)
     print("peer: tidegate and drt-core …", flush=True)
     drt = peer.ensure_drt_venv(HERE.parent / ".bench" / "drt-venv")
+    tidegate = peer.ensure_tidegate_venv(HERE.parent / ".bench" / "tidegate-venv")
     receiver = CountingReceiver().start()
     try:
-        versus = peer.compare(drt, receiver)
+        versus = peer.compare(drt, receiver, tidegate_python=tidegate)
     finally:
         receiver.stop()
     print(versus, flush=True)
