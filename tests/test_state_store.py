@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -340,3 +342,50 @@ def test_the_state_version_advances_by_one_each_commit_with_or_without_returning
                 assert state._bump(tx, "v", returning=returning) == start + n
         assert state.current_version(store, "v") == start + 3
         store.close()
+
+
+def _write_blobs(store: Store, count: int, size: int) -> list[bytes]:
+    blobs = [bytes([i]) * size for i in range(count)]
+    for i, blob in enumerate(blobs):
+        with store.transaction() as tx:
+            tx.execute("insert into tidegate_meta (name, value) values (?, ?)", (f"b{i}", blob))
+    return blobs
+
+
+def _checkpointers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "tidegate-checkpoint"}
+
+
+def test_the_log_is_copied_into_the_database_while_commits_go_on(tmp_path: Path) -> None:
+    """Past a megabyte of blobs, a checkpoint runs on a thread of its own: the database
+    file holds the commits while the store is still open, though the log is far below
+    the size (``wal_autocheckpoint``) at which a commit would copy it inline."""
+    others = _checkpointers()
+    store = Store("sqlite:///state.db", tmp_path)
+    blobs = _write_blobs(store, 4, 1 << 20)
+    db = tmp_path / "state.db"
+    deadline = time.monotonic() + 10
+    while db.stat().st_size < 4 << 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert db.stat().st_size >= 3 << 20
+    assert len(_checkpointers() - others) == 1
+    store.close()
+    assert not _checkpointers() - others  # closing ends it
+    # Closed: the log went into the database and nothing is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]
+    with closing(sqlite3.connect(db)) as conn:
+        got = dict(conn.execute("select name, value from tidegate_meta where name like 'b%'"))
+    assert got == {f"b{i}": blob for i, blob in enumerate(blobs)}
+
+
+def test_small_commits_leave_the_log_to_sqlite(tmp_path: Path) -> None:
+    """Commits without blobs (runs starting, heartbeats) or with few bytes of them never
+    start the checkpoint thread."""
+    others = _checkpointers()
+    store = Store("sqlite:///state.db", tmp_path)
+    for i in range(50):
+        runs.start_run(store, sync=f"s{i}", mode="upsert", destination="d", object="o",
+                       full=False)
+    _write_blobs(store, 3, 100_000)
+    assert not _checkpointers() - others
+    store.close()

@@ -13,6 +13,7 @@ Statements use ``?`` placeholders; ``Tx`` adapts them for psycopg.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import zlib
@@ -207,17 +208,23 @@ V5: list[str | Callable[[Tx], None]] = [
 MIGRATIONS: list[list[str | Callable[[Tx], None]]] = [V1, V2, V3, V4, V5]
 
 
+# Blob bytes committed between two background checkpoints (see ``_Checkpointer``).
+_CHECKPOINT_BYTES = 1 << 20
+
+
 class Tx:
     """One open transaction: ``execute`` returns rows as tuples, ``rows`` as dicts."""
 
     def __init__(self, cursor: Any, dialect: str) -> None:
         self._cur = cursor
         self.dialect = dialect
+        self.blob_bytes = 0  # bytes of the blobs written: what the log grows by, about
 
     def _sql(self, sql: str) -> str:
         return sql if self.dialect == "sqlite" else sql.replace("?", "%s")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.blob_bytes += sum(len(p) for p in params if isinstance(p, bytes | memoryview))
         self._cur.execute(self._sql(sql), tuple(params))
         return list(self._cur.fetchall()) if self._cur.description else []
 
@@ -256,6 +263,68 @@ class Tx:
             self._cur.execute("select pg_advisory_xact_lock(%s)", (_lock_key(name),))
 
 
+class _Checkpointer:
+    """Copies a SQLite store's write-ahead log into the database file on a thread of its own.
+
+    A commit only appends to the log; SQLite copies the log into the database
+    (a checkpoint, with two fsyncs) inside the commit that finds it past
+    ``wal_autocheckpoint`` pages, and once more as the store closes. A first
+    sync writes megabytes of state: those inline copies held its commits up
+    for tens of milliseconds each (cutting and sending wait on a commit that
+    falls behind), and the copy at close was a run's last 40 ms. Here, once
+    commits have written ``every`` bytes of blobs, a second connection makes a
+    passive checkpoint meanwhile: it takes no lock that a commit waits for, and
+    what is left for the close is at most about ``every`` bytes. Without it
+    (a process forked from the one that started it) the inline checkpoints go
+    on as before.
+    """
+
+    def __init__(self, path: Path, every: int) -> None:
+        self._path, self._every = path, every
+        self._pending = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def wrote(self, blob_bytes: int) -> None:
+        """Called after each commit with the bytes of blobs it wrote."""
+        self._pending += blob_bytes
+        if self._pending < self._every:
+            return
+        self._pending = 0
+        if self._thread is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="tidegate-checkpoint",
+                                            daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                # PASSIVE: copy what no reader still needs, wait for nobody.
+                conn.execute("pragma wal_checkpoint(passive)").fetchall()
+        except sqlite3.Error:
+            return  # the inline checkpoints still happen: this only makes them small
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Let a checkpoint in progress finish, then end the thread and its connection."""
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return
+        self._stopping = True
+        self._wake.set()
+        thread.join()
+
+
 class Store:
     """A migrated state database."""
 
@@ -273,6 +342,7 @@ class Store:
             )
         self._lock = threading.RLock()
         self._conn: Any = None
+        self._checkpointer: _Checkpointer | None = None
         try:
             self._conn = self._connect()
             self.migrate()
@@ -305,11 +375,12 @@ class Store:
             conn.execute("pragma page_size=16384")
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=normal")
-            # The log is copied into the database (and synced) every 512 pages (8 MB),
-            # half SQLite's default: what is left goes in as the store closes, after the
-            # run, where nothing overlaps it; a first sync of 200,000 rows writes ~10 MB.
+            # A commit copies the log into the database (and syncs) itself only past 512
+            # pages (8 MB): ``_Checkpointer`` does it first, on its own thread, after
+            # every megabyte of blobs; a first sync of 200,000 rows writes ~10 MB.
             conn.execute("pragma wal_autocheckpoint=512")
             conn.execute("pragma busy_timeout=60000")
+            self._checkpointer = _Checkpointer(path, _CHECKPOINT_BYTES)
             return conn
         import psycopg
 
@@ -322,13 +393,16 @@ class Store:
             if self.dialect == "sqlite":
                 cur = self._conn.cursor()
                 cur.execute("begin immediate")
+                tx = Tx(cur, self.dialect)
                 try:
-                    yield Tx(cur, self.dialect)
+                    yield tx
                 except BaseException:
                     cur.execute("rollback")
                     raise
                 cur.execute("commit")
                 cur.close()
+                if tx.blob_bytes and self._checkpointer is not None:
+                    self._checkpointer.wrote(tx.blob_bytes)
                 return
             if self._conn.closed or self._conn.broken:
                 self._conn = self._connect()
@@ -357,6 +431,8 @@ class Store:
                            (len(MIGRATIONS),))
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
