@@ -82,7 +82,9 @@ def text_bytes(values: pa.Array) -> memoryview:
 class DestinationConfig(BaseModel):
     """Base of every destination's settings; ``type`` picks the plugin."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Validators are built when first used, as the config's are: a run validates the
+    # settings of its own destination only, and this base class's never.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     type: str
 
