@@ -371,12 +371,14 @@ class Planner:
             # In memory, spilling to the work folder past the memory limit: a database
             # file would only add its creation and removal to every run.
             con = plandb.connect()
-            con.execute(f"set temp_directory = '{workdir / 'spill'}'")
+            spill = f"set temp_directory = '{workdir / 'spill'}'; "
         else:
             con = plandb.connect()
-        con.execute(f"set memory_limit = '{self.memory_limit}'")
-        con.execute("set enable_progress_bar = false")
-        con.execute("set preserve_insertion_order = false")
+            spill = ""
+        # One call, not four: each call lets go of the interpreter lock, and while the
+        # run imports ahead, getting it back costs more than a setting.
+        con.execute(f"{spill}set memory_limit = '{self.memory_limit}'; "
+                    "set enable_progress_bar = false; set preserve_insertion_order = false")
         return con, workdir
 
     def _plan(
@@ -441,11 +443,11 @@ class Planner:
             raise
         finally:
             self._close_model(con, model)
-        con.execute(
+        if con.execute(
             "create temp table dups as select __key, count(*) as n from m "
-            "where __invalid is null group by __key having count(*) > 1"
-        )
-        if con.execute("select count(*) from dups").fetchall() != [(0,)]:
+            "where __invalid is null group by __key having count(*) > 1; "
+            "select count(*) from dups"
+        ).fetchall() != [(0,)]:
             con.execute(
                 "update m set __invalid = 'primary key appears ' || dups.n || ' times in the model'"
                 " from dups where m.__key = dups.__key"
@@ -569,10 +571,10 @@ class Planner:
         home = con.execute("select current_database()").fetchall()[0][0]
         path = model.path.replace("'", "''")
         try:
-            con.execute(f"attach '{path}' as {_ATTACHED} (read_only)")
+            # use: the model's SQL names its tables unqualified.
+            con.execute(f"attach '{path}' as {_ATTACHED} (read_only); use {_ATTACHED}")
         except duckdb.Error as exc:  # locked by a writer, unreadable, not a DuckDB file
             raise SourceError(f"cannot open the DuckDB file {model.path}: {exc}") from exc
-        con.execute(f"use {_ATTACHED}")  # the model's SQL names its tables unqualified
         model.home = str(home)
         try:
             schema = con.sql(f"select * from ({model.sql}) limit 0").to_arrow_table().schema
@@ -585,8 +587,7 @@ class Planner:
         self, con: duckdb.DuckDBPyConnection, model: pa.RecordBatchReader | AttachedModel
     ) -> None:
         if isinstance(model, AttachedModel):
-            con.execute(f'use "{model.home}"')
-            con.execute(f"detach {_ATTACHED}")
+            con.execute(f'use "{model.home}"; detach {_ATTACHED}')
         else:
             con.unregister("model_stream")
 
