@@ -459,13 +459,8 @@ class Planner:
         con.unregister("st")
         self._screen(con, list(record), fresh=fresh)
         holds = self._holds(con, checks)
-        counts = self._counts(con)
+        counts, reasons = self._counts(con)
         to_send = self._send_view(con, record, mapped, keys, fresh=fresh)
-        reasons = dict(
-            con.execute(
-                "select __invalid, count(*) from m where __invalid is not null group by 1"
-            ).fetchall()
-        )
         schema = con.sql(
             f"select {', '.join(_q(c) for c in record)} from send limit 0"
         ).to_arrow_table().schema
@@ -618,21 +613,25 @@ class Planner:
             )
         return mapping
 
-    def _counts(self, con: duckdb.DuckDBPyConnection) -> PlanCounts:
-        row = con.execute(
-            "select count(*) filter (where __invalid is null), "
-            "count(*) filter (where __invalid is not null) from m"
+    def _counts(self, con: duckdb.DuckDBPyConnection) -> tuple[PlanCounts, dict[str, int]]:
+        """The plan's counts, and how many invalid rows have each reason."""
+        # The model's rows by reason (valid ones under none), then the diff's categories.
+        rows = con.execute(
+            "select 'm', __invalid, count(*) from m group by 2 "
+            "union all select 'diff', __cat, count(*) from diff group by 2"
         ).fetchall()
-        valid, invalid = row[0]
-        cats = dict(con.execute("select __cat, count(*) from diff group by 1").fetchall())
+        reasons = {reason: n for part, reason, n in rows if part == "m" and reason is not None}
+        valid = sum(n for part, reason, n in rows if part == "m" and reason is None)
+        cats = {cat: n for part, cat, n in rows if part == "diff"}
         added, changed = cats.get("added", 0), cats.get("changed", 0)
-        return PlanCounts(
+        counts = PlanCounts(
             added=added,
             changed=changed,
             removed=cats.get("removed", 0),
             unchanged=valid - added - changed,
-            invalid=invalid,
+            invalid=sum(reasons.values()),
         )
+        return counts, reasons
 
     def _diff(self, con: duckdb.DuckDBPyConnection, full: bool, *, fresh: bool = False) -> None:
         """One join with state keeps every key whose fate is not "unchanged".
@@ -658,13 +657,11 @@ class Planner:
                    v.__hash, v.__rid
             from (select __key, __hash, rowid as __rid from m where __invalid is null) v
             full outer join st s on v.__key = s.key
-            where v.__key is null or s.key is null or {changed}
+            where v.__key is null or s.key is null or {changed};
+            -- A key whose row is invalid is still in the model: never treat it as removed.
+            delete from diff where __cat = 'removed' and __key in
+                (select __key from m where __invalid is not null and __key is not null)
             """
-        )
-        # A key whose row is invalid is still in the model: never treat it as removed.
-        con.execute(
-            "delete from diff where __cat = 'removed' and __key in "
-            "(select __key from m where __invalid is not null and __key is not null)"
         )
 
     def _record_columns(
@@ -710,27 +707,29 @@ class Planner:
         cols = ", ".join(self._record_columns(con, record, keys))
         # What state last acknowledged for changed and removed keys: filled before
         # a run delivers (``Plan.load_old``), empty for a plan that is only shown.
-        con.execute("create temp table old (key varchar primary key, record varchar)")
+        old = "create temp table old (key varchar primary key, record varchar);"
         record_cols = ", ".join(_q(c) for c in record)
+        # The table, the view and their count in one call: each call lets go of the
+        # interpreter lock, which another thread of the run may then keep a while.
         if fresh:
             # A first run's send is most of its time to the first batch: no joins here.
-            con.execute(
+            return dict(con.execute(
                 f"""
+                {old}
                 create temp view send as
                 select __op, __ord, __cat, __key, __hash, {fields_json} as __fields, __old,
                        {record_cols}
                 from (select {_lit(sends["added"])} as __op, {_OP_ORDER[sends["added"]]}
                              as __ord, 'added' as __cat, __key, __hash, null::varchar as __old,
                              {", ".join(f"m.{_q(c)}" for c in record)}
-                      from m where __invalid is null order by __key)
+                      from m where __invalid is null order by __key);
+                select {_lit(sends["added"])}, count(*) from diff having count(*) > 0
                 """
-            )
-            return dict(con.execute(
-                f"select {_lit(sends['added'])}, count(*) from diff having count(*) > 0"
             ).fetchall())
         # JSON is made after the sort, so the sort moves narrow rows.
-        con.execute(
+        return dict(con.execute(
             f"""
+            {old}
             create temp view send as
             select * from (select __op, __ord, __cat, __key, __hash,
                          case when {present} then {fields_json} end as __fields, __old,
@@ -739,12 +738,10 @@ class Planner:
                                d.__hash, o.record as __old, {cols}
                         from diff d left join m on m.rowid = d.__rid
                         left join old o on o.key = d.__key
-                        where d.__cat in ({cats}) order by __ord, __key))
+                        where d.__cat in ({cats}) order by __ord, __key));
+            select __op, count(*) from (select {op_case} as __op from diff d
+                                        where d.__cat in ({cats})) group by 1
             """
-        )
-        return dict(con.execute(
-            "select __op, count(*) from (select "
-            f"{op_case} as __op from diff d where d.__cat in ({cats})) group by 1"
         ).fetchall())
 
 
