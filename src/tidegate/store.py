@@ -274,9 +274,9 @@ class _Checkpointer:
     falls behind), and the copy at close was a run's last 40 ms. Here, once
     commits have written ``every`` bytes of blobs, a second connection makes a
     passive checkpoint meanwhile: it takes no lock that a commit waits for, and
-    what is left for the close is at most about ``every`` bytes. Without it
-    (a process forked from the one that started it) the inline checkpoints go
-    on as before.
+    what is left for the close is at most about ``every`` bytes. SQLite's own
+    checkpoints stay as they were, should the thread fall behind or fail; a
+    process forked from the one that started it starts its own.
     """
 
     def __init__(self, path: Path, every: int) -> None:
